@@ -1,0 +1,1 @@
+"""The quantization research harness. `python -m harness <command> [hydra overrides]`."""

@@ -1,0 +1,27 @@
+"""`python -m harness <command> [hydra overrides]`: pop the command, hand the rest to its module."""
+
+import importlib
+import sys
+
+COMMANDS = {
+    "list": "harness.cli.list",
+    "errors": "harness.cli.errors",
+}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print("usage: python -m harness <command> [hydra overrides]\ncommands: " + ", ".join(COMMANDS))
+        sys.exit(0 if len(sys.argv) >= 2 else 2)
+    command = sys.argv.pop(1)
+    if command not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        sys.exit(f"unknown command {command!r}.{hint} Commands: {', '.join(COMMANDS)}")
+    importlib.import_module(COMMANDS[command]).main()
+
+
+if __name__ == "__main__":
+    main()

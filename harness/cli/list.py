@@ -1,0 +1,13 @@
+"""`python -m harness list`: every registered quantizer, adapter and metric with its one-line description."""
+
+from harness.registry import ADAPTERS, METRICS, QUANTIZERS
+
+
+def main() -> None:
+    for registry in (QUANTIZERS, ADAPTERS, METRICS):
+        entries = list(registry)
+        print(f"{registry.kind}s ({len(entries)}):")
+        for entry in entries:
+            print(f"  {entry.name:<14} {entry.description}")
+        if not entries:
+            print("  (none yet)")

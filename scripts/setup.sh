@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up .venv: torch first (the CPU build where there is no GPU, so nothing pulls a multi-GB CUDA wheel),
+# then the harness with its dev tools. Safe to run again: it only installs what is missing.
+#   TORCH_SPEC       torch requirement for CPU machines (default torch==2.13.0)
+#   TORCH_INDEX_URL  optional wheel index for that torch (e.g. PyTorch's CPU-only index)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    "${PIP[@]}" torch                                   # a GPU machine: PyPI's default CUDA build
+  else
+    "${PIP[@]}" "${TORCH_SPEC:-torch==2.13.0}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+  fi
+fi
+"${PIP[@]}" -e ".[dev]"
