@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -38,8 +39,9 @@ class Registry(Generic[T]):
     discover: the package whose import registers every entry (imported lazily, once).
     """
 
-    def __init__(self, kind: str, discover: str | None = None) -> None:
+    def __init__(self, kind: str, discover: str | None = None, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or kind + "s"
         self._discover = discover
         self._discovered = discover is None
         self._entries: dict[str, Entry[T]] = {}
@@ -71,10 +73,11 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             known = sorted(self._entries)
-            close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            lowered = {n.lower(): n for n in known}  # "NF4" should find nf4
+            close = difflib.get_close_matches(str(name).lower(), list(lowered), n=1, cutoff=0.5)
+            hint = f" Did you mean {lowered[close[0]]!r}?" if close else ""
             raise RegistryError(
-                f"unknown {self.kind} {name!r}.{hint} Registered {self.kind}s: {', '.join(known) or '(none)'}"
+                f"unknown {self.kind} {name!r}.{hint} Registered {self.plural}: {', '.join(known) or '(none)'}"
             ) from None
 
     def get(self, name: str) -> T:
@@ -99,3 +102,4 @@ class Registry(Generic[T]):
 QUANTIZERS: Registry = Registry("quantizer", discover="quantizers")
 ADAPTERS: Registry = Registry("adapter", discover="adapters")
 METRICS: Registry = Registry("metric", discover="harness.metrics")
+CORPORA: Registry = Registry("corpus", discover="harness.data", plural="corpora")

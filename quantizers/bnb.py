@@ -72,12 +72,18 @@ def quant_state(qt: QuantizedTensor, dtype: torch.dtype):
 
 
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype) -> torch.Tensor:
-    """bitsandbytes' kernels where they cover the format, the reference otherwise."""
+    """bitsandbytes' kernels where they cover the format, the reference otherwise.
+
+    Not on the CPU: bitsandbytes 0.50's CPU dequantize_4bit returns wrong values when a block is longer
+    than a row (e.g. 64x128 at block 256) or, in bf16, when the last block is a short tail. The layouts
+    are the same, so the reference gives bitsandbytes' values there (tests/test_bnb_agreement.py).
+    """
     F = _functional()
     fourbit = qt.bits == 4 and qt.format in ("nf4", "fp4") and isinstance(qt.granularity, PerBlock)
-    if F is None or not fourbit:
+    if F is None or not fourbit or qt.qdata.device.type == "cpu":
         return dequantize_reference(qt, dtype)
-    return F.dequantize_4bit(qt.qdata.view(-1, 1), quant_state=quant_state(qt, dtype))
+    # bitsandbytes returns a 1-D shape as (1, n)
+    return F.dequantize_4bit(qt.qdata.view(-1, 1), quant_state=quant_state(qt, dtype)).reshape(qt.shape)
 
 
 def int8_rowwise(w: torch.Tensor, threshold: float, name: str) -> QuantizedTensor:

@@ -27,7 +27,10 @@ class _DequantizedMatmul(torch.autograd.Function):
 
 
 class QuantLinear(nn.Module):
-    """y = x W^T + b with W stored quantized. x: (..., in_features) -> (..., out_features), in x's dtype."""
+    """y = x W^T + b with W stored quantized. x: (..., in_features) -> (..., out_features), in x's dtype.
+
+    Dtype casts of the module (.to(dtype), .half()) leave it as it is; device moves apply.
+    """
 
     def __init__(self, qweight: QuantizedTensor, bias: torch.Tensor | None = None,
                  compute_dtype: torch.dtype = torch.bfloat16) -> None:
@@ -50,6 +53,16 @@ class QuantLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, quantizer: Quantizer, name: str = "linear") -> "QuantLinear":
         qweight = quantizer.quantize(linear.weight.detach(), name=f"{name}.weight")
         return cls(qweight, linear.bias, COMPUTE_DTYPES[quantizer.config.compute_dtype])
+
+    def _apply(self, fn, recurse=True):
+        # .to(dtype) / .half() must not recast the stored format: fp32 absmax in fp16 loses range, and
+        # bitsandbytes' kernels read the codes and absmax as fp32 (a bf16 copy decodes to garbage). The
+        # compute dtype is a config choice, so it stays too; device moves go through.
+        def move_only(t: torch.Tensor) -> torch.Tensor:
+            moved = fn(t)
+            return moved if moved.dtype == t.dtype else t.to(moved.device)
+
+        return super()._apply(move_only, recurse)
 
     @property
     def qweight(self) -> QuantizedTensor:

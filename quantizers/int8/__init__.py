@@ -46,12 +46,19 @@ class Int8Config(QuantizerConfig):
         if isinstance(self.granularity, str):
             self.granularity = _enum_field(Int8Granularity, "int8.granularity", self.granularity)
         check_block_size(self.name, "block_size", self.block_size)
-        if self.outlier_threshold < 0:
+        if not self.outlier_threshold >= 0:  # written so that NaN fails too
             raise ValueError(f"int8.outlier_threshold={self.outlier_threshold} must be >= 0 (0 turns it off)")
         if self.outlier_threshold and self.granularity is not Int8Granularity.row:
-            raise ValueError("int8.outlier_threshold needs granularity=row (outliers are whole columns)")
+            raise ValueError(
+                f"int8.outlier_threshold={self.outlier_threshold} needs granularity=row (outliers are whole "
+                f"columns), not granularity={self.granularity.value}; "
+                "set outlier_threshold=0 or granularity=row"
+            )
         if self.backend is Backend.bitsandbytes and self.granularity is not Int8Granularity.row:
-            raise ValueError("int8.backend=bitsandbytes supports granularity=row only; use backend=reference")
+            raise ValueError(
+                "int8.backend=bitsandbytes supports granularity=row only, "
+                f"not granularity={self.granularity.value}; use backend=reference or auto"
+            )
 
     def build(self) -> "Int8Quantizer":
         return Int8Quantizer(self)

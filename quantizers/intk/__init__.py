@@ -63,6 +63,11 @@ class IntKQuantizer(Quantizer):
         qmax = 2**k - 1
         scale = ((hi - lo) / qmax).masked_fill(hi == lo, 1.0)  # an all-zero group: any scale is exact
         scale = _round_up_fp16(scale)  # stored in fp16; rounding up keeps [lo, hi] inside the grid
+        if torch.isinf(scale).any():
+            raise ValueError(
+                f"cannot quantize {name} with intk: a group spans {(hi - lo).max().item():.4g}, more than "
+                f"an fp16 scale can hold ({torch.finfo(torch.float16).max} * {qmax}); rescale the weight"
+            )
         zero_point = torch.round(-lo / scale.float()).clamp(0, qmax)
         q = torch.clamp(torch.round(groups / scale.float().unsqueeze(1)) + zero_point.unsqueeze(1), 0, qmax)
         return QuantizedTensor(
@@ -78,11 +83,9 @@ class IntKQuantizer(Quantizer):
 
 
 def _round_up_fp16(x: torch.Tensor) -> torch.Tensor:
+    """x: fp32 -> the smallest fp16 >= x, elementwise (round-to-nearest is at most one fp16 step low)."""
     half = x.to(torch.float16)
     low = half.float() < x
-    if low.any():
-        half[low] = torch.nextafter(half[low].float(), torch.tensor(float("inf"))).to(torch.float16)
-        # a float32 step may not reach the next fp16 value: step in fp16 terms instead
-        still = half.float() < x
-        half[still] = (half[still].float() * (1 + 2.0**-10)).to(torch.float16)
+    # step in fp16 itself: a relative bump cannot reach the next value among fp16's subnormals (< 6.1e-5)
+    half[low] = torch.nextafter(half[low], torch.full_like(half[low], float("inf")))
     return half

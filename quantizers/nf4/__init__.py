@@ -20,8 +20,10 @@ def nf4_code(offset: float = OFFSET) -> torch.Tensor:
     points between 1/2 and `offset`, 1/2 dropped), 7 negative ones (8 points, 1/2 dropped), and 0."""
     positive = norm.ppf(torch.linspace(offset, 0.5, 9)[:-1].double().numpy())
     negative = -norm.ppf(torch.linspace(offset, 0.5, 8)[:-1].double().numpy())
-    levels = torch.tensor(sorted([*positive, 0.0, *negative]), dtype=torch.float64)
-    return (levels / levels.abs().max()).float()
+    # Round the quantiles to float32 before normalising (not after), as bitsandbytes does: the table is then
+    # bit-identical to its get_4bit_type('nf4'), so both backends decode the same codes to the same values.
+    levels = torch.tensor(sorted([*positive, 0.0, *negative]), dtype=torch.float32)
+    return levels / levels.abs().max()
 
 
 @QUANTIZERS.register("nf4", "NormalFloat4 (QLoRA): normal-quantile 16-level code, blockwise absmax")
