@@ -6,6 +6,7 @@ import sys
 COMMANDS = {
     "list": "harness.cli.list",
     "errors": "harness.cli.errors",
+    "eval": "harness.cli.eval",
 }
 
 
