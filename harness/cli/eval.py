@@ -1,0 +1,79 @@
+"""`python -m harness eval [model=...] [data=...] [+paper=qlora_table2]`: perplexity (and lm-eval tasks) of a model
+in full precision and under each configured quantizer, as one tidy table plus a paper table when asked for.
+
+Every configuration is evaluated on a fresh copy of the full-precision model, so one quantizer never sees another's
+rounding; a configuration that fails is recorded with its error and the others still run.
+"""
+
+from __future__ import annotations
+
+import copy
+import traceback
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import quantizer_config, register_configs
+
+register_configs()
+
+
+def evaluate_configuration(model, tokenizer, ids, cfg, label: str, quantizer_node) -> list[dict]:
+    """One row per metric for one configuration (label 'full precision' when quantizer_node is None)."""
+    from harness.evaluate import perplexity, prefix_token_id, run_lm_eval_tasks
+    from harness.quantize_model import model_storage_bytes, quantize_model
+
+    bits = 32.0 if cfg.model.dtype == "float32" else 16.0
+    if quantizer_node is not None:
+        qcfg = quantizer_config(quantizer_node)
+        model = copy.deepcopy(model)
+        report = quantize_model(model, qcfg, module=cfg.module)
+        bits = report.bits_per_param
+    result = perplexity(model, ids, cfg.context_length, cfg.stride, prefix_token_id(tokenizer))
+    values = {"perplexity": result.perplexity, "nll": result.nll, "tokens": result.tokens,
+              "tokens_per_second": result.tokens_per_second, "seconds": result.seconds,
+              "bits_per_param": bits, "model_bytes": model_storage_bytes(model)}
+    if cfg.tasks:
+        from harness.tasks import task_files
+
+        for task, metrics in run_lm_eval_tasks(model, tokenizer, list(cfg.tasks), task_files(cfg.tasks),
+                                               limit=cfg.task_limit, max_length=cfg.context_length).items():
+            values.update({f"{task}/{name}": value for name, value in metrics.items()})
+    return [{"configuration": label, "metric": k, "value": float(v)} for k, v in values.items()]
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    from harness.data import load_corpus, tokenize
+    from harness.models import load_model
+    from harness.paper_table import write_eval_outputs
+
+    model, tokenizer = load_model(OmegaConf.to_object(cfg.model))
+    corpus = load_corpus(OmegaConf.to_object(cfg.data))
+    ids = tokenize(getattr(corpus, cfg.split), tokenizer)
+    if cfg.max_tokens:
+        ids = ids[: cfg.max_tokens]
+    print(f"evaluating {cfg.model.name} on {corpus.name}/{cfg.split}: {ids.numel()} tokens, "
+          f"context {cfg.context_length}, stride {cfg.stride or cfg.context_length}")
+    rows = []
+    configurations = [("full precision", None)] + list(cfg.quantizers.items())
+    for label, node in configurations:
+        try:
+            new = evaluate_configuration(model, tokenizer, ids, cfg, label, node)
+            status, error = "ok", ""
+        except Exception as exc:  # one failed configuration must not lose the others
+            new, status, error = [], "failed", "".join(traceback.format_exception_only(exc)).strip()
+            traceback.print_exc()
+        rows += [dict(r, status=status, error=error) for r in new] or [
+            {"configuration": label, "metric": "perplexity", "value": float("nan"), "status": status, "error": error}]
+        ppl = next((r["value"] for r in new if r["metric"] == "perplexity"), float("nan"))
+        print(f"  {label:<16} perplexity {ppl:8.3f}  [{status}] {error}")
+    frame = pd.DataFrame(rows).assign(model=cfg.model.name, corpus=corpus.name, split=cfg.split)
+    paths = write_eval_outputs(frame, cfg)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return frame
+
+
+@hydra.main(config_path="../../experiments", config_name="eval", version_base=None)
+def main(cfg: DictConfig) -> None:
+    run(cfg)

@@ -1,0 +1,132 @@
+"""Evaluation: strided sliding-window perplexity, and the bridge to lm-eval for zero-shot tasks.
+
+Perplexity follows the recipe transformers documents (windows of `context_length` tokens moved by `stride`,
+each token scored once, token-weighted), with one addition that makes it comparable to lm-eval: a prefix token
+(BOS, else EOS) is put in front so the first token of the text is scored too. With stride == context_length
+every token is scored with the context lm-eval's `loglikelihood_rolling` gives it, so the two agree; a smaller
+stride gives every scored token more context and a lower (better) perplexity.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass
+class PerplexityResult:
+    perplexity: float
+    nll: float  # mean negative log-likelihood per scored token, in nats
+    tokens: int  # tokens scored
+    seconds: float
+    tokens_per_second: float
+    context_length: int
+    stride: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def prefix_token_id(tokenizer) -> int | None:
+    """The token put before the text so its first token is scored: BOS, else EOS (as lm-eval does)."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, ids: torch.Tensor, context_length: int = 1024, stride: int | None = None,
+               prefix_token: int | None = None) -> PerplexityResult:
+    """ids: (n_tokens,) token ids of the text (no special tokens) -> token-weighted perplexity.
+
+    Every token is scored exactly once. The window scoring tokens [start, end) feeds the model the
+    `context_length` tokens before `end`, so with stride < context_length each scored token also sees
+    context_length - stride tokens of earlier text.
+    """
+    stride = stride or context_length
+    if not 1 <= stride <= context_length:
+        raise ValueError(f"stride={stride} must be between 1 and context_length={context_length}")
+    if ids.dim() != 1 or ids.numel() == 0:
+        raise ValueError(f"perplexity needs a non-empty 1-D tensor of token ids, got shape {tuple(ids.shape)}")
+    seq = ids.long()
+    if prefix_token is not None:
+        seq = torch.cat([torch.tensor([prefix_token]), seq])
+    first = 1  # position 0 has no context and is never scored
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_nll, scored = 0.0, 0
+    t0 = time.perf_counter()
+    try:
+        for start in range(first, seq.numel(), stride):
+            end = min(start + stride, seq.numel())
+            begin = max(0, end - 1 - context_length)
+            inputs = seq[begin : end - 1].unsqueeze(0).to(device)
+            targets = seq[start:end].to(device)
+            logits = model(input_ids=inputs).logits[0, -(end - start):].float()
+            total_nll += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+            scored += end - start
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - t0
+    nll = total_nll / scored
+    return PerplexityResult(math.exp(nll), nll, scored, seconds, scored / seconds, context_length, stride)
+
+
+# ---------------------------------------------------------------- lm-eval
+
+
+def lm_eval_model(model: nn.Module, tokenizer, max_length: int = 1024, batch_size: int = 1):
+    """Wrap an in-memory (quantized or adapted) model for lm-eval. HFLM leaves the model in eval mode."""
+    from lm_eval.models.huggingface import HFLM
+
+    device = str(next(model.parameters()).device)
+    return HFLM(pretrained=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size, device=device)
+
+
+def lm_eval_rolling_nll(model: nn.Module, tokenizer, text: str, max_length: int = 1024) -> tuple[float, int]:
+    """lm-eval's loglikelihood_rolling on `text` -> (total negative log-likelihood in nats, tokens scored)."""
+    from lm_eval.api.instance import Instance
+
+    was_training = model.training
+    lm = lm_eval_model(model, tokenizer, max_length=max_length)
+    request = Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)
+    (loglik,) = lm.loglikelihood_rolling([request], disable_tqdm=True)
+    model.train(was_training)
+    return -loglik, len(lm.tok_encode(text))
+
+
+def local_task_dir(task_yamls: list[Path]) -> Path:
+    """Copy task YAMLs into a temporary include dir with `data_files` made absolute.
+
+    Shipped task files name their JSONL data relative to themselves; lm-eval would resolve such paths against
+    the working directory, so they are rewritten before lm-eval reads them.
+    """
+    out = Path(tempfile.mkdtemp(prefix="harness-tasks-"))
+    for path in task_yamls:
+        text = path.read_text()
+        text = re.sub(r"(data_files:\s*\{?\s*\w+:\s*)([^\s,}]+)",
+                      lambda m: m.group(1) + str((path.parent / m.group(2)).resolve()), text)
+        (out / path.name).write_text(text)
+    return out
+
+
+def run_lm_eval_tasks(model: nn.Module, tokenizer, tasks: list[str], task_files: list[Path],
+                      limit: int | None = None, num_fewshot: int = 0, max_length: int = 1024) -> dict[str, dict]:
+    """Zero-shot (or few-shot) lm-eval tasks from local task files -> {task: {metric: value}}."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(local_task_dir(task_files)))
+    was_training = model.training
+    results = simple_evaluate(model=lm_eval_model(model, tokenizer, max_length), tasks=tasks, task_manager=manager,
+                              num_fewshot=num_fewshot, limit=limit, log_samples=False, bootstrap_iters=0,
+                              verbosity="ERROR")
+    model.train(was_training)
+    return {task: {k.split(",")[0]: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            for task, metrics in results["results"].items()}

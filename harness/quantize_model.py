@@ -1,0 +1,291 @@
+"""Quantize a loaded model: replace its target linear layers, keep the rest in the compute dtype, measure it.
+
+Two kinds of replacement layer:
+  harness       quantizers.linear.QuantLinear over any registered quantizer (every format, every device)
+  bitsandbytes  bitsandbytes.nn.Linear4bit (nf4/fp4) or Linear8bitLt (int8 row-wise): the layers QLoRA and
+                transformers use, with bitsandbytes' fused kernels
+`module="auto"` takes bitsandbytes where it implements the quantizer's format, the harness otherwise.
+
+Layer names are matched by glob patterns (fnmatch) against the full dotted name or its last part, so
+"q_proj", "*.mlp.*" and "lm_head" all work; a pattern starting with "re:" is a regular expression searched
+in the full name.
+
+The trap this module guards: on CPUs with AVX512-BF16, a Linear4bit that runs forward in eval mode without
+grad repacks its weight in place into an inference-only layout (absmax rounded to bf16, double quantization
+undone). Backward through the repacked layer yields no input gradient, silently, and storage figures change.
+lm-eval calls model.eval(), so one evaluation breaks the training that follows. `guard_bnb_repack` stops it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from quantizers import bnb
+from quantizers.base import COMPUTE_DTYPES, Backend, QuantizerConfig, check_finite
+from quantizers.linear import QuantLinear
+
+MODULE_KINDS = ("auto", "harness", "bitsandbytes")
+DEFAULT_TARGETS = ("*",)
+DEFAULT_SKIP = ("lm_head", "embed*")  # embed* also catches pythia's output layer, `embed_out`
+
+
+@dataclass
+class LayerReport:
+    name: str
+    kind: str  # class of the replacement layer
+    params: int  # weights in the layer (out_features * in_features)
+    bytes_before: int  # weight (+ bias) as stored before
+    bytes_after: int  # codes, constants (+ bias) after
+    bits_per_param: float  # of the quantized weight alone: codes + constants, no bias
+
+
+@dataclass
+class QuantizationReport:
+    quantizer: str
+    module: str  # "harness" or "bitsandbytes": what "auto" chose
+    compute_dtype: str
+    bytes_before: int  # every tensor of the model, each counted once
+    bytes_after: int
+    layers: list[LayerReport] = field(default_factory=list)
+
+    @property
+    def replaced(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    @property
+    def quantized_params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def bits_per_param(self) -> float:
+        """Bits per weight of the quantized layers together (codes + constants, no biases)."""
+        bits = sum(layer.bits_per_param * layer.params for layer in self.layers)
+        return bits / self.quantized_params if self.layers else float("nan")
+
+    @property
+    def compression(self) -> float:
+        return self.bytes_before / self.bytes_after
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "replaced": len(self.layers), "quantized_params": self.quantized_params,
+                "bits_per_param": self.bits_per_param, "compression": self.compression}
+
+
+# ---------------------------------------------------------------- storage
+
+
+def _bnb_state_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Tensors bitsandbytes keeps outside parameters and buffers: a Linear4bit's QuantState (absmax, code,
+    offset, nested absmax and code) and a Linear8bitLt's row scales (SCB, on the weight or in `state`)."""
+    out = []
+    state = getattr(getattr(module, "weight", None), "quant_state", None)
+    while state is not None:  # the nested state of double quantization is a QuantState too
+        tensors = (state.absmax, state.code, getattr(state, "offset", None))
+        out += [t for t in tensors if isinstance(t, torch.Tensor)]
+        state = getattr(state, "state2", None)
+    for holder in (getattr(module, "weight", None), getattr(module, "state", None)):
+        scb = getattr(holder, "SCB", None)
+        if isinstance(scb, torch.Tensor):
+            out.append(scb)
+    return out
+
+
+def module_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Every tensor `module` holds (its own, not its children's): parameters, buffers, bitsandbytes state."""
+    own = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+    return [t for t in own if t is not None] + _bnb_state_tensors(module)
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of `tensors`, each stored tensor counted once (tied or shared tensors share their memory)."""
+    seen: dict[tuple, int] = {}
+    for t in tensors:
+        if t.numel() == 0:
+            continue
+        key = (t.device, t.data_ptr()) if t.device.type != "meta" else ("meta", id(t))
+        seen[key] = max(seen.get(key, 0), t.numel() * t.element_size())
+    return sum(seen.values())
+
+
+def model_storage_bytes(model: nn.Module) -> int:
+    """Bytes of every tensor in `model` (parameters, buffers, bitsandbytes quant state), each counted once."""
+    return tensor_bytes(t for m in model.modules() for t in module_tensors(m))
+
+
+# ---------------------------------------------------------------- which layers
+
+
+def matches(name: str, pattern: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.search(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name.rsplit(".", 1)[-1], pattern)
+
+
+def target_layers(model: nn.Module, targets: Iterable[str] = DEFAULT_TARGETS,
+                  skip: Iterable[str] = DEFAULT_SKIP) -> list[str]:
+    """Names of the plain nn.Linear layers that match a target pattern and no skip pattern."""
+    targets, skip = tuple(targets), tuple(skip)
+    return [
+        name for name, m in model.named_modules()
+        if type(m) is nn.Linear  # exactly: bitsandbytes' layers subclass nn.Linear and are quantized already
+        and any(matches(name, p) for p in targets) and not any(matches(name, p) for p in skip)
+    ]
+
+
+# ---------------------------------------------------------------- building the layers
+
+
+def bnb_kind(config: QuantizerConfig) -> str | None:
+    """'4bit' or '8bit' where a bitsandbytes layer implements `config` exactly, else None."""
+    if config.backend is Backend.reference or not bnb.available():
+        return None
+    if getattr(config, "bnb_type", None) in ("nf4", "fp4"):
+        return "4bit"
+    granularity = getattr(getattr(config, "granularity", None), "value", None)
+    # Linear8bitLt's threshold splits *activation* outlier columns; the harness' int8 outliers are weight
+    # columns, so only the threshold-free int8 row-wise quantizer is the same computation.
+    if config.name == "int8" and granularity == "row" and not config.outlier_threshold:
+        return "8bit"
+    return None
+
+
+def _resolve_module(module: str, config: QuantizerConfig) -> str:
+    if module not in MODULE_KINDS:
+        raise ValueError(f"module={module!r} is not accepted; use one of {list(MODULE_KINDS)}")
+    kind = bnb_kind(config)
+    if module == "bitsandbytes" and kind is None:
+        raise ValueError(
+            f"module=bitsandbytes cannot run quantizer {config.name!r} as configured ({config}); "
+            "bitsandbytes has layers for nf4/fp4 and for int8 row-wise without outlier_threshold, with "
+            "backend auto or bitsandbytes. Use module=harness (or auto)."
+        )
+    if module == "auto":
+        return "bitsandbytes" if kind else "harness"
+    return module
+
+
+def bnb_linear4bit(linear: nn.Linear, config, name: str) -> nn.Module:
+    """A bitsandbytes Linear4bit holding `linear`'s weight quantized by the harness' bitsandbytes path
+    (bitsandbytes' own kernels; the harness does the double quantization so dq_block_size is honoured)."""
+    from bitsandbytes.nn import Linear4bit, Params4bit
+
+    compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
+    check_finite(linear.weight, f"{name}.weight")
+    qt = bnb.quantize_4bit(linear.weight.detach(), config)
+    layer = Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                       compute_dtype=compute_dtype, compress_statistics=config.double_quant,
+                       quant_type=config.bnb_type, device="meta")
+    state = bnb.quant_state(qt, compute_dtype)
+    layer.weight = Params4bit(qt.qdata.view(-1, 1), requires_grad=False, quant_state=state,
+                              blocksize=config.block_size, compress_statistics=config.double_quant,
+                              quant_type=config.bnb_type, module=layer, bnb_quantized=True)
+    layer.quant_state = state
+    if linear.bias is not None:
+        layer.bias = nn.Parameter(linear.bias.detach().to(compute_dtype), requires_grad=False)
+    layer.support_avx512bf16_for_cpu = False  # see guard_bnb_repack
+    return layer
+
+
+def bnb_linear8bit(linear: nn.Linear, config, name: str) -> nn.Module:
+    """A bitsandbytes Linear8bitLt (LLM.int8 row-wise absmax, no outlier threshold).
+
+    Quantized from the weight as loaded, with the same kernel as the harness' int8 quantizer, so both module
+    kinds hold identical codes (Linear8bitLt's own .to(device) would round the weight to fp16 first).
+    """
+    from bitsandbytes.functional import int8_vectorwise_quant
+    from bitsandbytes.nn import Int8Params, Linear8bitLt
+
+    compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
+    check_finite(linear.weight, f"{name}.weight")
+    # the kernel behind quantizers.bnb.int8_rowwise; SCB must be the row absmax, which it returns directly
+    codes, row_absmax, _ = int8_vectorwise_quant(linear.weight.detach().float().contiguous().clone())
+    layer = Linear8bitLt(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                         has_fp16_weights=False, threshold=0.0, device="meta")
+    layer.weight = Int8Params(codes, requires_grad=False, has_fp16_weights=False, CB=codes, SCB=row_absmax)
+    if linear.bias is not None:
+        layer.bias = nn.Parameter(linear.bias.detach().to(compute_dtype), requires_grad=False)
+    return layer
+
+
+def guard_bnb_repack(model: nn.Module) -> int:
+    """Stop every bitsandbytes Linear4bit in `model` from repacking its weight on an eval-mode forward.
+
+    Call it before anything that runs the model in eval mode (lm-eval, perplexity) if the model will be
+    trained or measured afterwards. Returns the number of layers guarded. Raises if a layer was repacked
+    already: its absmax went through bf16, so the original state cannot be recovered exactly.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except Exception:  # no bitsandbytes, so no Linear4bit to guard
+        return 0
+    guarded = 0
+    for name, m in model.named_modules():
+        if isinstance(m, Linear4bit):
+            if getattr(m.weight.quant_state, "packing_format_for_cpu", False):
+                raise RuntimeError(
+                    f"{name} was already repacked by bitsandbytes' CPU inference path (an eval-mode forward "
+                    "ran before guard_bnb_repack): backward through it now gives no input gradient. "
+                    "Rebuild the model, call guard_bnb_repack right after quantizing, then evaluate."
+                )
+            m.support_avx512bf16_for_cpu = False
+            guarded += 1
+    return guarded
+
+
+# ---------------------------------------------------------------- the whole model
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, quantizer_config: QuantizerConfig,
+                   targets: Iterable[str] = DEFAULT_TARGETS, skip: Iterable[str] = DEFAULT_SKIP,
+                   module: str = "auto") -> QuantizationReport:
+    """Replace `model`'s target nn.Linear layers in place with quantized ones; cast every other parameter to
+    the quantizer's compute dtype (buffers such as rotary tables stay as the model keeps them).
+
+    Weights are quantized from their dtype as loaded, before any cast. Returns the storage report.
+    """
+    kind = _resolve_module(module, quantizer_config)
+    compute_dtype = COMPUTE_DTYPES[quantizer_config.compute_dtype]
+    names = target_layers(model, targets, skip)
+    if not names:
+        raise ValueError(f"no nn.Linear layer matches targets={list(targets)} minus skip={list(skip)}")
+    report = QuantizationReport(quantizer_config.name, kind, quantizer_config.compute_dtype,
+                                bytes_before=model_storage_bytes(model), bytes_after=0)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # the harmless "kernels" note
+    quantizer = quantizer_config.build() if kind == "harness" else None
+    replacements = []  # built first, swapped in after: a layer that fails leaves the model as it was
+    for name in names:
+        linear = model.get_submodule(name)
+        if kind == "harness":
+            new = QuantLinear.from_linear(linear, quantizer, name=name)
+            weight_bytes = new.qweight.nbytes
+        else:
+            build = bnb_linear4bit if bnb_kind(quantizer_config) == "4bit" else bnb_linear8bit
+            new = build(linear, quantizer_config, name)
+            bias = [new.bias] if new.bias is not None else []
+            weight_bytes = tensor_bytes(module_tensors(new)) - tensor_bytes(bias)
+        params = linear.in_features * linear.out_features
+        before, after = tensor_bytes(module_tensors(linear)), tensor_bytes(module_tensors(new))
+        report.layers.append(LayerReport(name, type(new).__name__, params, before, after,
+                                         weight_bytes * 8 / params))
+        replacements.append((name, new))
+    for name, new in replacements:
+        _set_module(model, name, new)
+    for p in model.parameters():  # the quantized layers hold no float parameters except biases, cast already
+        if p.is_floating_point() and p.dtype != compute_dtype:
+            p.data = p.data.to(compute_dtype)
+    guard_bnb_repack(model)
+    report.bytes_after = model_storage_bytes(model)
+    return report

