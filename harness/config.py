@@ -90,7 +90,7 @@ class EvalConfig:
     context_length: int = 1024
     stride: Optional[int] = None  # None: = context_length (each token scored once, lm-eval's windows)
     max_tokens: int = 16384  # 0: the whole split
-    tasks: list[str] = field(default_factory=list)  # lm-eval task names from experiments/tasks/
+    tasks: list[str] = field(default_factory=list)  # lm-eval task names from experiments/lm_eval_tasks/
     task_limit: Optional[int] = None
     output_dir: str = "results/eval"
     paper: Optional[PaperConfig] = None

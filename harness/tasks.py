@@ -1,4 +1,4 @@
-"""Local lm-eval task files: experiments/tasks/*.yaml, each naming its JSONL data relative to itself.
+"""Local lm-eval task files: experiments/lm_eval_tasks/*.yaml, each naming its JSONL data relative to itself.
 
 A user adds ARC/HellaSwag/PIQA/WinoGrande (or anything lm-eval can describe) by dropping a task YAML and its data
 there; `eval tasks=[name]` then runs it on full-precision, quantized and adapted models alike.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harness.config import EXPERIMENTS_DIR
 
-TASKS_DIR = EXPERIMENTS_DIR / "tasks"
+TASKS_DIR = EXPERIMENTS_DIR / "lm_eval_tasks"  # not a Hydra group: lm-eval reads these files itself
 
 
 def available_tasks() -> dict[str, Path]:

@@ -1,4 +1,4 @@
-"""Build experiments/tasks/austen_next_sentence.jsonl from the embedded corpus's test split (run once; committed).
+"""Build experiments/lm_eval_tasks/austen_next_sentence.jsonl from the embedded corpus's test split (run once; committed).
 
 A zero-shot multiple-choice task: given a sentence from one of the test chapters, pick the sentence that follows
 it among four (the true one and three drawn from elsewhere in the test split). Deterministic (seeded).
@@ -17,7 +17,8 @@ SEED = 0
 
 def sentences(text: str) -> list[str]:
     flat = re.sub(r"\s+", " ", text)
-    parts = re.split(r"(?<=[.!?])\s+(?=[A-Z\"])", flat)
+    # a sentence ends at . ! or ? followed by a capital or a quote, but not after a title such as "Mr."
+    parts = re.split(r"(?<!Mr\.)(?<!Mrs\.)(?<!Dr\.)(?<!St\.)(?<=[.!?])\s+(?=[A-Z\"])", flat)
     return [p.strip() for p in parts if 40 <= len(p.strip()) <= 200]
 
 
@@ -26,7 +27,7 @@ def main() -> None:
     pool = sentences(test)
     rng = random.Random(SEED)
     starts = rng.sample(range(len(pool) - 1), N_ITEMS)
-    out = EXPERIMENTS_DIR / "tasks" / "austen_next_sentence.jsonl"
+    out = EXPERIMENTS_DIR / "lm_eval_tasks" / "austen_next_sentence.jsonl"
     with out.open("w") as f:
         for i in starts:
             distractors = rng.sample([s for j, s in enumerate(pool) if j not in (i, i + 1)], 3)
