@@ -149,35 +149,42 @@ class QuantizedTensor:
 
 
 def dequantize_reference(qt: QuantizedTensor, dtype: torch.dtype) -> torch.Tensor:
-    """The pure-torch dequantizer, shared by every format."""
+    """The pure-torch dequantizer, shared by every format: w = (value(q) - zero_point) * scale + offset,
+    computed in fp32 and then cast. On the CPU a compiled kernel (quantizers.kernels) does it in one
+    pass; the eager torch code below is the fallback and gives the same bits."""
+    from quantizers import kernels  # cheap: the kernel itself is built on first use
+
     n = qt.numel
-    if qt.code is not None and qt.bits == 4:
-        # Hot path: a 256-entry table maps each byte straight to its two values, so the unpack and
-        # the lookup are one gather instead of two shifts, a stack and a second gather.
-        values = _pair_table(qt.code)[qt.qdata.reshape(-1).int()].reshape(-1)[:n]
-    else:
-        codes = qt.qdata.reshape(-1) if qt.qdata.dtype == torch.int8 else packing.unpack(qt.qdata, qt.bits, n)
-        values = qt.code.float()[codes.int()] if qt.code is not None else codes.float()
     scale = qt.scale_values()
-    if isinstance(qt.granularity, PerRow):
-        values = values.view(qt.shape[0], -1)
-        if qt.zero_point is not None:
-            values = values - qt.zero_point.float().view(-1, 1)
-        out = values * scale.view(-1, 1)
+    group = qt.shape[-1] if isinstance(qt.granularity, PerRow) else qt.granularity.size
+    if qt.code is not None:
+        table = qt.code
+    elif qt.qdata.dtype == torch.int8:  # signed codes, which the kernel reads as bytes
+        table = torch.arange(256, dtype=torch.uint8, device=qt.qdata.device).view(torch.int8).float()
     else:
-        size = qt.granularity.size
-        pad = (-n) % size  # a tail shorter than one block has its own scale, as in bitsandbytes
+        table = torch.arange(2**qt.bits, dtype=torch.float32, device=qt.qdata.device)
+    out = kernels.dequantize(qt.qdata, qt.bits, table, scale, qt.zero_point, qt.offset, group, n, dtype)
+    if out is None:
+        if qt.code is not None and qt.bits == 4:
+            # a 256-entry table maps each byte straight to its two values, so the unpack and the lookup
+            # are one gather instead of two shifts, a stack and a second gather
+            values = _pair_table(qt.code)[qt.qdata.reshape(-1).int()].reshape(-1)[:n]
+        else:
+            codes = qt.qdata.reshape(-1) if qt.qdata.dtype == torch.int8 else packing.unpack(qt.qdata, qt.bits, n)
+            values = qt.code.float()[codes.int()] if qt.code is not None else codes.float()
+        pad = (-n) % group  # a tail shorter than one block has its own scale, as in bitsandbytes
         if pad:
             values = torch.nn.functional.pad(values, (0, pad))
-        values = values.view(-1, size)
+        values = values.view(-1, group)
         if qt.zero_point is not None:
             values = values - qt.zero_point.float().view(-1, 1)
         out = (values * scale.view(-1, 1)).reshape(-1)[:n]
-    if qt.offset is not None:
-        out = out + qt.offset
+        if qt.offset is not None:
+            out = out + qt.offset
     out = out.reshape(qt.shape)
     if qt.outlier_cols is not None and qt.outlier_cols.numel():
-        out[:, qt.outlier_cols] = qt.outlier_values.float()
+        # via fp32, as the eager path converts them, when the kernel's output is already in `dtype`
+        out[:, qt.outlier_cols] = qt.outlier_values.float().to(out.dtype)
     return out.to(dtype)
 
 
