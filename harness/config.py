@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -88,12 +88,12 @@ class EvalConfig:
     module: str = "auto"  # auto | harness | bitsandbytes: which linear module holds quantized weights
     split: str = "test"
     context_length: int = 1024
-    stride: Optional[int] = None  # None: = context_length (each token scored once, lm-eval's windows)
+    stride: int | None = None  # None: = context_length (each token scored once, lm-eval's windows)
     max_tokens: int = 16384  # 0: the whole split
     tasks: list[str] = field(default_factory=list)  # lm-eval task names from experiments/lm_eval_tasks/
-    task_limit: Optional[int] = None
+    task_limit: int | None = None
     output_dir: str = "results/eval"
-    paper: Optional[PaperConfig] = None
+    paper: PaperConfig | None = None
 
     def __post_init__(self) -> None:
         if self.module not in ("auto", "harness", "bitsandbytes"):

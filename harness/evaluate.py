@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.quantize_model import guard_bnb_repack
+
 
 @dataclass
 class PerplexityResult:
@@ -48,6 +50,7 @@ def perplexity(model: nn.Module, ids: torch.Tensor, context_length: int = 1024, 
     `context_length` tokens before `end`, so with stride < context_length each scored token also sees
     context_length - stride tokens of earlier text.
     """
+    guard_bnb_repack(model)  # an eval-mode forward must not repack bitsandbytes weights for good
     stride = stride or context_length
     if not 1 <= stride <= context_length:
         raise ValueError(f"stride={stride} must be between 1 and context_length={context_length}")
@@ -85,6 +88,7 @@ def lm_eval_model(model: nn.Module, tokenizer, max_length: int = 1024, batch_siz
     """Wrap an in-memory (quantized or adapted) model for lm-eval. HFLM leaves the model in eval mode."""
     from lm_eval.models.huggingface import HFLM
 
+    guard_bnb_repack(model)  # HFLM calls model.eval(); later training must not meet repacked weights
     device = str(next(model.parameters()).device)
     return HFLM(pretrained=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size, device=device)
 
@@ -110,8 +114,9 @@ def local_task_dir(task_yamls: list[Path]) -> Path:
     out = Path(tempfile.mkdtemp(prefix="harness-tasks-"))
     for path in task_yamls:
         text = path.read_text()
+        folder = path.parent
         text = re.sub(r"(data_files:\s*\{?\s*\w+:\s*)([^\s,}]+)",
-                      lambda m: m.group(1) + str((path.parent / m.group(2)).resolve()), text)
+                      lambda m, folder=folder: m.group(1) + str((folder / m.group(2)).resolve()), text)
         (out / path.name).write_text(text)
     return out
 

@@ -68,7 +68,7 @@ class QuantizedTensor:
     """
 
     qdata: torch.Tensor
-    scale: Union[torch.Tensor, "QuantizedTensor"]
+    scale: torch.Tensor | QuantizedTensor
     granularity: Granularity
     bits: int
     shape: torch.Size
@@ -128,7 +128,7 @@ class QuantizedTensor:
             return bnb.dequantize(self, dtype)
         return dequantize_reference(self, dtype)
 
-    def with_tensors(self, tensors: dict[str, torch.Tensor]) -> "QuantizedTensor":
+    def with_tensors(self, tensors: dict[str, torch.Tensor]) -> QuantizedTensor:
         """Inverse of tensors(): a copy whose stored tensors are taken from `tensors` (same dotted names)."""
         changes = {}
         for name in self.TENSOR_FIELDS:
@@ -142,7 +142,7 @@ class QuantizedTensor:
                 changes[name] = tensors[name]
         return self.replace(**changes)
 
-    def replace(self, **changes) -> "QuantizedTensor":
+    def replace(self, **changes) -> QuantizedTensor:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return QuantizedTensor(**values)
@@ -221,7 +221,7 @@ class QuantizerConfig:
                 f"{self.name}.compute_dtype={self.compute_dtype!r} is not supported; use one of {sorted(COMPUTE_DTYPES)}"
             )
 
-    def build(self) -> "Quantizer":
+    def build(self) -> Quantizer:
         raise NotImplementedError
 
 

@@ -15,7 +15,7 @@ import torch
 from quantizers.base import PerBlock, PerRow, QuantizedTensor, dequantize_reference
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _functional():
     # bitsandbytes logs a harmless warning about an optional `kernels` package on CPU import
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

@@ -51,7 +51,7 @@ class CodebookConfig(QuantizerConfig):
         """(16,) float32 code table; index = stored 4-bit code."""
         raise NotImplementedError
 
-    def build(self) -> "CodebookQuantizer":
+    def build(self) -> CodebookQuantizer:
         return CodebookQuantizer(self)
 
 

@@ -14,7 +14,7 @@ import torch
 from quantizers.base import PerBlock, QuantizedTensor, blockwise_absmax, nearest_code
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dynamic_map() -> torch.Tensor:
     """(256,) sorted fp32: the signed dynamic-tree 8-bit map of Dettmers (2015), bitsandbytes' default.
 

@@ -16,7 +16,7 @@ from quantizers.base import COMPUTE_DTYPES, QuantizedTensor, Quantizer
 
 class _DequantizedMatmul(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: "QuantLinear") -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
         ctx.layer = layer
         return x @ layer.dequantized_weight().t()
 
@@ -50,7 +50,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().to(compute_dtype))
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, quantizer: Quantizer, name: str = "linear") -> "QuantLinear":
+    def from_linear(cls, linear: nn.Linear, quantizer: Quantizer, name: str = "linear") -> QuantLinear:
         qweight = quantizer.quantize(linear.weight.detach(), name=f"{name}.weight")
         return cls(qweight, linear.bias, COMPUTE_DTYPES[quantizer.config.compute_dtype])
 

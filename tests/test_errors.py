@@ -198,6 +198,7 @@ def test_cli_entry_point(tmp_path):
     assert f"summary: {tmp_path / 'summary.md'}" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".png") == [
         "ordering.md",
+        "run.json",
         "summary.md",
         "weight_errors.csv",
         "weight_errors.parquet",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -10,6 +11,8 @@ import torch
 
 from harness.evaluate import lm_eval_rolling_nll, perplexity, prefix_token_id, run_lm_eval_tasks
 from harness.models import ModelConfig, load_model
+from harness.quantize_model import quantize_model
+from quantizers.nf4 import NF4Config
 
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
         "must be in want of a wife. ") * 4
@@ -71,8 +74,13 @@ def test_perplexity_restores_training_mode_and_rejects_bad_stride(tiny):
         perplexity(model, ids_of(tokenizer, "a short text"), 8, stride=9)
 
 
-def test_local_multiple_choice_task_matches_hand_computed_accuracy(tiny, tmp_path):
+@pytest.mark.parametrize("module", [None, "harness", "bitsandbytes"])
+def test_local_multiple_choice_task_matches_hand_computed_accuracy(tiny, tmp_path, module):
+    """lm-eval on full-precision and quantized models alike (the bnb one is guarded against repacking)."""
     model, tokenizer = tiny
+    if module is not None:
+        model = copy.deepcopy(model)
+        quantize_model(model, NF4Config(compute_dtype="float32"), module=module)
     items = [
         {"question": "The sky is", "choices": [" blue", " green", " loud"], "label": 0},
         {"question": "Two and two make", "choices": [" four", " five"], "label": 1},

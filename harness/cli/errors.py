@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import plots, tables
 from harness.config import ErrorsConfig, quantizer_config, register_configs
+from harness.records import write_run_json
 from harness.weight_error import SOURCES, Analysis, analyse
 from quantizers.base import Quantizer, QuantizerConfig
 from quantizers.codebook import CodebookQuantizer
@@ -64,6 +65,7 @@ def run(cfg: DictConfig | ErrorsConfig) -> Path:
     ordering.write_text(
         tables.ordering_markdown(orders) + "\n" if not orders.empty else "(4-bit codes missing)\n"
     )
+    written.append(write_run_json(out, conf, "errors"))
     for path in written + [ordering]:
         print(f"wrote {path}")
     print(f"wrote {len(figures)} figures to {out}/ ({', '.join(conf.formats)})")

@@ -15,6 +15,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import quantizer_config, register_configs
+from harness.records import write_run_json
 
 register_configs()
 
@@ -69,9 +70,19 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         ppl = next((r["value"] for r in new if r["metric"] == "perplexity"), float("nan"))
         print(f"  {label:<16} perplexity {ppl:8.3f}  [{status}] {error}")
     frame = pd.DataFrame(rows).assign(model=cfg.model.name, corpus=corpus.name, split=cfg.split)
-    paths = write_eval_outputs(frame, cfg)
+    frame = pd.concat([frame, increase_rows(frame)], ignore_index=True)
+    paths = write_eval_outputs(frame, cfg) + [write_run_json(cfg.output_dir, cfg, "eval")]
     print("wrote " + ", ".join(str(p) for p in paths))
     return frame
+
+
+def increase_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """perplexity_increase rows: each configuration's perplexity minus full precision's."""
+    ppl = frame[frame.metric == "perplexity"].set_index("configuration")
+    if "full precision" not in ppl.index:
+        return frame.iloc[:0]
+    out = ppl.assign(value=ppl["value"] - ppl.loc["full precision", "value"], metric="perplexity_increase")
+    return out.reset_index()[frame.columns]
 
 
 @hydra.main(config_path="../../experiments", config_name="eval", version_base=None)

@@ -60,7 +60,7 @@ class Int8Config(QuantizerConfig):
                 f"not granularity={self.granularity.value}; use backend=reference or auto"
             )
 
-    def build(self) -> "Int8Quantizer":
+    def build(self) -> Int8Quantizer:
         return Int8Quantizer(self)
 
 

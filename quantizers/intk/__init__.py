@@ -42,7 +42,7 @@ class IntKConfig(QuantizerConfig):
         if self.backend is Backend.bitsandbytes:
             raise ValueError("intk.backend=bitsandbytes is not possible: bitsandbytes has no int-k kernel; use reference")
 
-    def build(self) -> "IntKQuantizer":
+    def build(self) -> IntKQuantizer:
         return IntKQuantizer(self)
 
 
