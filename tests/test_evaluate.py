@@ -109,3 +109,26 @@ def test_local_multiple_choice_task_matches_hand_computed_accuracy(tiny, tmp_pat
                 scores.append(sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont)))
             correct += int(max(range(len(scores)), key=scores.__getitem__) == item["label"])
     assert results["toy_mc"]["acc"] == pytest.approx(correct / len(items))
+
+
+def test_local_loglikelihood_task_matches_hand_computed_perplexity(tiny, tmp_path):
+    model, tokenizer = tiny
+    items = [{"prompt": "Pride and", "target": " Prejudice"}, {"prompt": "Sense and", "target": " Sensibility"},
+             {"prompt": "Northanger", "target": " Abbey"}]
+    (tmp_path / "ll.jsonl").write_text("\n".join(json.dumps(i) for i in items))
+    (tmp_path / "ll.yaml").write_text(
+        "task: toy_ll\ndataset_path: json\ndataset_kwargs: {data_files: {test: ll.jsonl}}\n"
+        "output_type: loglikelihood\ntest_split: test\ndoc_to_text: \"{{prompt}}\"\n"
+        "doc_to_target: \"{{target}}\"\nmetric_list:\n  - metric: perplexity\n")
+    results = run_lm_eval_tasks(model, tokenizer, ["toy_ll"], [tmp_path / "ll.yaml"], max_length=64)
+
+    # lm-eval's loglikelihood `perplexity` is exp(-mean over documents of the target's summed log-likelihood)
+    lls = []
+    with torch.no_grad():
+        for item in items:
+            ctx = tokenizer(item["prompt"], add_special_tokens=False)["input_ids"]
+            cont = tokenizer(item["target"], add_special_tokens=False)["input_ids"]
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ctx + cont])).logits[0, :-1].float(), -1)
+            lls.append(sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont)))
+    # fp32 log-softmax summed over a few tokens on both sides: agreement to float rounding
+    assert results["toy_ll"]["perplexity"] == pytest.approx(math.exp(-sum(lls) / len(lls)), rel=1e-4)
