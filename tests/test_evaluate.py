@@ -74,6 +74,25 @@ def test_perplexity_restores_training_mode_and_rejects_bad_stride(tiny):
         perplexity(model, ids_of(tokenizer, "a short text"), 8, stride=9)
 
 
+def write_task(folder, name, items, body):
+    """A local lm-eval task `name` over `items` (JSONL beside the YAML); body: the YAML after the data lines."""
+    (folder / f"{name}.jsonl").write_text("\n".join(json.dumps(i) for i in items))
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs: {{data_files: {{test: {name}.jsonl}}}}\n"
+        f"test_split: test\n{body}")
+    return folder / f"{name}.yaml"
+
+
+def continuation_loglik(model, tokenizer, context: str, continuation: str) -> float:
+    """Summed log-likelihood of the continuation's tokens after the context, tokenised separately as lm-eval does
+    (no prefix token is needed: the context is non-empty)."""
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ctx + cont])).logits[0, :-1].float(), -1)
+    return sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
+
+
 @pytest.mark.parametrize("module", [None, "harness", "bitsandbytes"])
 def test_local_multiple_choice_task_matches_hand_computed_accuracy(tiny, tmp_path, module):
     """lm-eval on full-precision and quantized models alike (the bnb one is guarded against repacking)."""
@@ -87,27 +106,15 @@ def test_local_multiple_choice_task_matches_hand_computed_accuracy(tiny, tmp_pat
         {"question": "Emma Woodhouse was", "choices": [" handsome", " clever", " rich", " dull"], "label": 2},
         {"question": "A single man must be", "choices": [" in want", " a wife"], "label": 0},
     ]
-    (tmp_path / "toy.jsonl").write_text("\n".join(json.dumps(i) for i in items))
-    (tmp_path / "toy.yaml").write_text(
-        "task: toy_mc\ndataset_path: json\ndataset_kwargs: {data_files: {test: toy.jsonl}}\n"
-        "output_type: multiple_choice\ntest_split: test\ndoc_to_text: \"{{question}}\"\n"
-        "doc_to_target: label\ndoc_to_choice: \"{{choices}}\"\nmetric_list:\n  - metric: acc\n")
-    results = run_lm_eval_tasks(model, tokenizer, ["toy_mc"], [tmp_path / "toy.yaml"], max_length=64)
+    task = write_task(tmp_path, "toy_mc", items, "output_type: multiple_choice\ndoc_to_text: \"{{question}}\"\n"
+                      "doc_to_target: label\ndoc_to_choice: \"{{choices}}\"\nmetric_list:\n  - metric: acc\n")
+    results = run_lm_eval_tasks(model, tokenizer, ["toy_mc"], [task], max_length=64)
 
-    # By hand: pick the choice with the highest summed log-likelihood of its tokens after the question
-    # (lm-eval's `acc`: context and continuation tokenised separately, no prefix token needed as the context
-    # is non-empty).
+    # By hand: the choice with the highest summed log-likelihood after the question (lm-eval's `acc`)
     correct = 0
-    with torch.no_grad():
-        for item in items:
-            ctx = tokenizer(item["question"], add_special_tokens=False)["input_ids"]
-            scores = []
-            for choice in item["choices"]:
-                cont = tokenizer(choice, add_special_tokens=False)["input_ids"]
-                seq = torch.tensor([ctx + cont])
-                logp = torch.log_softmax(model(input_ids=seq).logits[0, :-1].float(), -1)
-                scores.append(sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont)))
-            correct += int(max(range(len(scores)), key=scores.__getitem__) == item["label"])
+    for item in items:
+        scores = [continuation_loglik(model, tokenizer, item["question"], c) for c in item["choices"]]
+        correct += int(max(range(len(scores)), key=scores.__getitem__) == item["label"])
     assert results["toy_mc"]["acc"] == pytest.approx(correct / len(items))
 
 
@@ -115,20 +122,11 @@ def test_local_loglikelihood_task_matches_hand_computed_perplexity(tiny, tmp_pat
     model, tokenizer = tiny
     items = [{"prompt": "Pride and", "target": " Prejudice"}, {"prompt": "Sense and", "target": " Sensibility"},
              {"prompt": "Northanger", "target": " Abbey"}]
-    (tmp_path / "ll.jsonl").write_text("\n".join(json.dumps(i) for i in items))
-    (tmp_path / "ll.yaml").write_text(
-        "task: toy_ll\ndataset_path: json\ndataset_kwargs: {data_files: {test: ll.jsonl}}\n"
-        "output_type: loglikelihood\ntest_split: test\ndoc_to_text: \"{{prompt}}\"\n"
-        "doc_to_target: \"{{target}}\"\nmetric_list:\n  - metric: perplexity\n")
-    results = run_lm_eval_tasks(model, tokenizer, ["toy_ll"], [tmp_path / "ll.yaml"], max_length=64)
+    task = write_task(tmp_path, "toy_ll", items, "output_type: loglikelihood\ndoc_to_text: \"{{prompt}}\"\n"
+                      "doc_to_target: \"{{target}}\"\nmetric_list:\n  - metric: perplexity\n")
+    results = run_lm_eval_tasks(model, tokenizer, ["toy_ll"], [task], max_length=64)
 
     # lm-eval's loglikelihood `perplexity` is exp(-mean over documents of the target's summed log-likelihood)
-    lls = []
-    with torch.no_grad():
-        for item in items:
-            ctx = tokenizer(item["prompt"], add_special_tokens=False)["input_ids"]
-            cont = tokenizer(item["target"], add_special_tokens=False)["input_ids"]
-            logp = torch.log_softmax(model(input_ids=torch.tensor([ctx + cont])).logits[0, :-1].float(), -1)
-            lls.append(sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont)))
+    lls = [continuation_loglik(model, tokenizer, item["prompt"], item["target"]) for item in items]
     # fp32 log-softmax summed over a few tokens on both sides: agreement to float rounding
     assert results["toy_ll"]["perplexity"] == pytest.approx(math.exp(-sum(lls) / len(lls)), rel=1e-4)
