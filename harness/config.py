@@ -7,6 +7,7 @@ names its schema in its defaults list, so Hydra type-checks the YAML's values ag
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,20 @@ def register_configs() -> None:
     _registered = True
 
 
+def default_cache_dir() -> Path:
+    """Where fetched corpora and converted models live: $HARNESS_CACHE, else ~/.cache/quant-harness."""
+    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "quant-harness").expanduser()
+
+
+def validated(schema: type, node: Any) -> Any:
+    """A composed node (DictConfig, dict or dataclass) -> the `schema` dataclass, its __post_init__ run."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+
+
 def quantizer_config(node: DictConfig | dict[str, Any]) -> QuantizerConfig:
     """A composed quantizer node -> its validated dataclass (raises naming the field and the fix)."""
     node = OmegaConf.create(node) if isinstance(node, dict) else node
     name = node.get("name")
     if name is None:
         raise ValueError(f"quantizer config {OmegaConf.to_yaml(node)!r} has no `name`; set name to one of {QUANTIZERS.names()}")
-    schema = OmegaConf.structured(QUANTIZERS.get(name))
-    return OmegaConf.to_object(OmegaConf.merge(schema, node))
+    return validated(QUANTIZERS.get(name), node)

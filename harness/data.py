@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from harness.config import default_cache_dir, validated
 from harness.rdata import read_lazyload
 from harness.registry import CORPORA, RegistryError
 
@@ -36,10 +37,6 @@ SPLITS = ("train", "validation", "test")
 
 class CorpusError(RuntimeError):
     """A corpus that is missing, empty, unreadable or cannot be fetched; the message says how to get it."""
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "quant-harness")
 
 
 @dataclass
@@ -101,9 +98,7 @@ def load_corpus(cfg: DataConfig | None = None) -> Corpus:
 
 def data_config(node: Any) -> DataConfig:
     """A composed `data` node (DictConfig or dict) -> the validated DataConfig."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), node))
+    return validated(DataConfig, node)
 
 
 def split_units(units: list[str], seed: int, keys: list[str] | None = None) -> tuple[str, str, str]:

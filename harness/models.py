@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.config import default_cache_dir, validated
 from harness.registry import Registry
 from quantizers.base import COMPUTE_DTYPES
 
@@ -112,8 +113,7 @@ class ModelConfig:
 
     @property
     def cache_root(self) -> Path:
-        root = self.cache_dir or os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "quant-harness"
-        return Path(root).expanduser()
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
 
 def store_schemas(cs) -> None:
@@ -123,10 +123,7 @@ def store_schemas(cs) -> None:
 
 def model_config(node) -> ModelConfig:
     """A composed model node (DictConfig or dict) -> the validated ModelConfig."""
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.create(node) if isinstance(node, dict) else node
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), node))
+    return validated(ModelConfig, node)
 
 
 def load_model(cfg: ModelConfig) -> tuple[nn.Module, Any]:
