@@ -115,7 +115,7 @@ def test_local_multiple_choice_task_matches_hand_computed_accuracy(tiny, tmp_pat
     for item in items:
         scores = [continuation_loglik(model, tokenizer, item["question"], c) for c in item["choices"]]
         correct += int(max(range(len(scores)), key=scores.__getitem__) == item["label"])
-    assert results["toy_mc"]["acc"] == pytest.approx(correct / len(items))
+    assert results["toy_mc"]["acc"] == pytest.approx(correct / len(items))  # a ratio of counts: float equality
 
 
 def test_local_loglikelihood_task_matches_hand_computed_perplexity(tiny, tmp_path):
