@@ -62,7 +62,7 @@ def test_eval_command_on_tiny_model_records_every_configuration(tmp_path):
     assert len(saved) == len(frame)
     increase = table["perplexity_increase"]
     assert increase["full precision"] == 0
-    # the same subtraction of the same stored floats; approx only absorbs the parquet/pivot round trip
+    # both sides subtract the same two floats; approx (default rel 1e-6) only guards against reordering
     assert increase["int4"] == pytest.approx(table.loc["int4", "perplexity"] - table.loc["full precision", "perplexity"])
     record = json.loads((tmp_path / "run.json").read_text())  # the table says how it was made
     assert record["config"]["model"]["name"] == "tiny-llama" and record["command"] == "eval"
