@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from harness.registry import QUANTIZERS
+from harness.registry import ADAPTERS, QUANTIZERS
 from quantizers.base import QuantizerConfig
 
 SOURCES = ("normal", "laplace", "student_t", "outliers", "tiny_llama", "model")
@@ -121,6 +121,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for entry in QUANTIZERS:
         cs.store(group="quantizer", name=f"{entry.name}_schema", node=entry.obj)
+    for entry in ADAPTERS:
+        cs.store(group="adapter", name=f"{entry.name}_schema", node=entry.obj)
     cs.store(name="errors_schema", node=ErrorsConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     from harness import data, models  # their schemas live beside the code that reads them
@@ -138,6 +140,15 @@ def default_cache_dir() -> Path:
 def validated(schema: type, node: Any) -> Any:
     """A composed node (DictConfig, dict or dataclass) -> the `schema` dataclass, its __post_init__ run."""
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+
+
+def adapter_config(node: DictConfig | dict[str, Any]):
+    """A composed adapter node -> its validated AdapterConfig dataclass."""
+    node = OmegaConf.create(node) if isinstance(node, dict) else node
+    name = node.get("name")
+    if name is None:
+        raise ValueError(f"adapter config has no `name`; set adapter to one of {ADAPTERS.names()}")
+    return validated(ADAPTERS.get(name), node)
 
 
 def quantizer_config(node: DictConfig | dict[str, Any]) -> QuantizerConfig:

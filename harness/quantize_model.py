@@ -29,7 +29,7 @@ from torch import nn
 
 from quantizers import bnb
 from quantizers.base import COMPUTE_DTYPES, Backend, QuantizerConfig, check_finite
-from quantizers.linear import QuantLinear
+from quantizers.linear import QuantizedWeight, QuantLinear
 
 MODULE_KINDS = ("auto", "harness", "bitsandbytes")
 DEFAULT_TARGETS = ("*",)
@@ -98,9 +98,16 @@ def _bnb_state_tensors(module: nn.Module) -> list[torch.Tensor]:
 
 
 def module_tensors(module: nn.Module) -> list[torch.Tensor]:
-    """Every tensor `module` holds (its own, not its children's): parameters, buffers, bitsandbytes state."""
+    """Every tensor `module` holds (its own, not its children's): parameters, buffers, bitsandbytes state.
+    A QuantizedWeight counts as the packed tensors it stores, not as its logical dense shape."""
     own = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
-    return [t for t in own if t is not None] + _bnb_state_tensors(module)
+    out = []
+    for t in own:
+        if isinstance(t, QuantizedWeight):
+            out += list(t.quantized.tensors().values())
+        elif t is not None:
+            out.append(t)
+    return out + _bnb_state_tensors(module)
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
@@ -171,46 +178,61 @@ def _resolve_module(module: str, config: QuantizerConfig) -> str:
     return module
 
 
+def bnb_params4bit(weight: torch.Tensor, config, name: str = "weight"):
+    """(Params4bit, QuantState) holding `weight` quantized by the harness' bitsandbytes path (bitsandbytes' own
+    kernels; the harness does the double quantization so dq_block_size is honoured)."""
+    from bitsandbytes.nn import Params4bit
+
+    check_finite(weight, name)
+    qt = bnb.quantize_4bit(weight.detach(), config)
+    state = bnb.quant_state(qt, COMPUTE_DTYPES[config.compute_dtype])
+    params = Params4bit(qt.qdata.view(-1, 1), requires_grad=False, quant_state=state,
+                        blocksize=config.block_size, compress_statistics=config.double_quant,
+                        quant_type=config.bnb_type, bnb_quantized=True)
+    return params, state
+
+
 def bnb_linear4bit(linear: nn.Linear, config, name: str) -> nn.Module:
-    """A bitsandbytes Linear4bit holding `linear`'s weight quantized by the harness' bitsandbytes path
-    (bitsandbytes' own kernels; the harness does the double quantization so dq_block_size is honoured)."""
-    from bitsandbytes.nn import Linear4bit, Params4bit
+    """A bitsandbytes Linear4bit holding `linear`'s weight (see bnb_params4bit)."""
+    from bitsandbytes.nn import Linear4bit
 
     compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
-    check_finite(linear.weight, f"{name}.weight")
-    qt = bnb.quantize_4bit(linear.weight.detach(), config)
     layer = Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
                        compute_dtype=compute_dtype, compress_statistics=config.double_quant,
                        quant_type=config.bnb_type, device="meta")
-    state = bnb.quant_state(qt, compute_dtype)
-    layer.weight = Params4bit(qt.qdata.view(-1, 1), requires_grad=False, quant_state=state,
-                              blocksize=config.block_size, compress_statistics=config.double_quant,
-                              quant_type=config.bnb_type, module=layer, bnb_quantized=True)
-    layer.quant_state = state
+    layer.weight, layer.quant_state = bnb_params4bit(linear.weight, config, f"{name}.weight")
+    layer.weight.module = layer
     if linear.bias is not None:
         layer.bias = nn.Parameter(linear.bias.detach().to(compute_dtype), requires_grad=False)
     layer.support_avx512bf16_for_cpu = False  # see guard_bnb_repack
+    layer.harness_quantizer = config  # what merging re-quantizes with (adapters.base_layer)
     return layer
 
 
-def bnb_linear8bit(linear: nn.Linear, config, name: str) -> nn.Module:
-    """A bitsandbytes Linear8bitLt (LLM.int8 row-wise absmax, no outlier threshold).
-
-    Quantized from the weight as loaded, with the same kernel as the harness' int8 quantizer, so both module
-    kinds hold identical codes (Linear8bitLt's own .to(device) would round the weight to fp16 first).
-    """
+def bnb_int8params(weight: torch.Tensor, name: str = "weight"):
+    """Int8Params of LLM.int8 row-wise absmax codes (no outlier threshold), quantized from `weight` as it is
+    with the same kernel as the harness' int8 quantizer, so both module kinds hold identical codes
+    (Linear8bitLt's own .to(device) would round the weight to fp16 first)."""
     from bitsandbytes.functional import int8_vectorwise_quant
-    from bitsandbytes.nn import Int8Params, Linear8bitLt
+    from bitsandbytes.nn import Int8Params
+
+    check_finite(weight, name)
+    # the kernel behind quantizers.bnb.int8_rowwise; SCB must be the row absmax, which it returns directly
+    codes, row_absmax, _ = int8_vectorwise_quant(weight.detach().float().contiguous().clone())
+    return Int8Params(codes, requires_grad=False, has_fp16_weights=False, CB=codes, SCB=row_absmax)
+
+
+def bnb_linear8bit(linear: nn.Linear, config, name: str) -> nn.Module:
+    """A bitsandbytes Linear8bitLt (LLM.int8 row-wise absmax, no outlier threshold; see bnb_int8params)."""
+    from bitsandbytes.nn import Linear8bitLt
 
     compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
-    check_finite(linear.weight, f"{name}.weight")
-    # the kernel behind quantizers.bnb.int8_rowwise; SCB must be the row absmax, which it returns directly
-    codes, row_absmax, _ = int8_vectorwise_quant(linear.weight.detach().float().contiguous().clone())
     layer = Linear8bitLt(linear.in_features, linear.out_features, bias=linear.bias is not None,
                          has_fp16_weights=False, threshold=0.0, device="meta")
-    layer.weight = Int8Params(codes, requires_grad=False, has_fp16_weights=False, CB=codes, SCB=row_absmax)
+    layer.weight = bnb_int8params(linear.weight, f"{name}.weight")
     if linear.bias is not None:
         layer.bias = nn.Parameter(linear.bias.detach().to(compute_dtype), requires_grad=False)
+    layer.harness_quantizer = config  # what merging re-quantizes with (adapters.base_layer)
     return layer
 
 
@@ -270,7 +292,7 @@ def quantize_model(model: nn.Module, quantizer_config: QuantizerConfig,
         linear = model.get_submodule(name)
         if kind == "harness":
             new = QuantLinear.from_linear(linear, quantizer, name=name)
-            weight_bytes = new.qweight.nbytes
+            weight_bytes = new.quantized.nbytes
         else:
             build = bnb_linear4bit if bnb_kind(quantizer_config) == "4bit" else bnb_linear8bit
             new = build(linear, quantizer_config, name)
@@ -287,5 +309,10 @@ def quantize_model(model: nn.Module, quantizer_config: QuantizerConfig,
         if p.is_floating_point() and p.dtype != compute_dtype:
             p.data = p.data.to(compute_dtype)
     guard_bnb_repack(model)
+    if kind == "bitsandbytes":
+        # what PEFT reads to pick its bitsandbytes adapter layers (lora.bnb, adalora.bnb); without it PEFT wraps
+        # Linear4bit in its plain Linear, whose merge adds the delta to the packed weight
+        flag = "is_loaded_in_4bit" if bnb_kind(quantizer_config) == "4bit" else "is_loaded_in_8bit"
+        setattr(model, flag, True)
     report.bytes_after = model_storage_bytes(model)
     return report

@@ -71,6 +71,23 @@ def quant_state(qt: QuantizedTensor, dtype: torch.dtype):
     )
 
 
+def from_quant_state(packed: torch.Tensor, state) -> QuantizedTensor:
+    """Inverse of quant_state(): a bitsandbytes Params4bit's packed codes and QuantState as a QuantizedTensor
+    (the same tensors, not copies)."""
+    scale = state.absmax
+    if state.nested:
+        nested = state.state2
+        scale = QuantizedTensor(
+            qdata=state.absmax, scale=nested.absmax, granularity=PerBlock(nested.blocksize), bits=8,
+            shape=state.absmax.shape, dtype=torch.float32, code=nested.code, offset=state.offset.reshape(()),
+            format="dynamic8", backend="bitsandbytes",
+        )
+    return QuantizedTensor(
+        qdata=packed.reshape(-1), scale=scale, granularity=PerBlock(state.blocksize), bits=4, shape=state.shape,
+        dtype=state.dtype, code=state.code, format=state.quant_type, backend="bitsandbytes",
+    )
+
+
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype) -> torch.Tensor:
     """bitsandbytes' kernels where they cover the format, the reference otherwise.
 

@@ -1,84 +1,302 @@
-"""QuantLinear: a frozen linear layer over a QuantizedTensor, dequantizing on the fly.
+"""A quantized weight that PEFT, transformers and FSDP still see as the weight of an nn.Linear.
 
-Only the packed codes and constants are stored. Each forward dequantizes the weight into the compute dtype
-(fp32/bf16/fp16), multiplies, and drops it; backward dequantizes again instead of keeping the full-precision
-copy alive between forward and backward (that copy is what 4-bit training exists to avoid). The weight gets
-no gradient; the input does, so adapters stacked on top of it can train.
+`QuantizedWeight` is a tensor subclass with the *logical* shape (out_features, in_features) and the compute
+dtype, holding only a QuantizedTensor (packed codes + constants). `QuantLinear` is an nn.Linear whose weight
+is one. Why this shape and not a module of our own: every PEFT tuner (LoRA, LoHa, LoKr, AdaLoRA) dispatches
+on `isinstance(layer, nn.Linear)` and sizes its factors from `weight.shape`, so with a logical-shape weight
+every adapter attaches to every quantizer through PEFT's own code, with no per-adapter glue. (bitsandbytes'
+Linear4bit shows the other way: its packed (n/2, 1) weight is why PEFT's LoHa/LoKr fail on it.)
+
+What the subclass does:
+  F.linear(x, w, b)  dequantizes w into the compute dtype inside a custom autograd function; backward
+                     dequantizes again rather than keeping the full-precision weight alive between the two
+                     (that copy is what 4-bit training exists to avoid). The weight never gets a gradient.
+  .to(device)        moves the packed tensors; a dtype cast of the module leaves storage and compute dtype
+                     alone (see QuantLinear._apply).
+  w += delta, w -= delta, w.copy_(dense)
+                     dequantize, add, re-quantize with the same quantizer (QLoRA-style merge), in place:
+                     every alias (`.data`, `.detach()`) sees the new codes because they share one storage box.
+  anything else      runs on a dequantized dense copy (e.g. torch.allclose(w, ...)); in-place ops other than
+                     the three above raise, naming the op.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from quantizers.base import COMPUTE_DTYPES, QuantizedTensor, Quantizer
 
+aten = torch.ops.aten
 
-class _DequantizedMatmul(torch.autograd.Function):
+
+class _Storage:
+    """The one mutable box every alias of a QuantizedWeight shares (a re-quantized weight may change the
+    shape or dtype of its constants, e.g. QA-LoRA's fractional zero points, so tensors are not copied in
+    place: the box's QuantizedTensor is replaced)."""
+
+    __slots__ = ("qt", "quantizer")
+
+    def __init__(self, qt: QuantizedTensor, quantizer: Quantizer | None) -> None:
+        self.qt, self.quantizer = qt, quantizer
+
+
+class QuantizedWeight(torch.Tensor):
+    """A frozen (out_features, in_features) weight stored as a QuantizedTensor; dtype = the compute dtype."""
+
+    _storage: _Storage
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
-        ctx.layer = layer
-        return x @ layer.dequantized_weight().t()
+    def __new__(cls, storage: _Storage, dtype: torch.dtype):
+        qt = storage.qt
+        return torch.Tensor._make_wrapper_subclass(cls, tuple(qt.shape), dtype=dtype, device=qt.qdata.device,
+                                                   requires_grad=False)
+
+    def __init__(self, storage: _Storage, dtype: torch.dtype) -> None:
+        self._storage = storage
+
+    @classmethod
+    def build(cls, qt: QuantizedTensor, quantizer: Quantizer | None, dtype: torch.dtype) -> QuantizedWeight:
+        if len(qt.shape) != 2:
+            raise ValueError(f"a quantized linear weight must be 2-D, got shape {tuple(qt.shape)}")
+        return cls(_Storage(qt, quantizer), dtype)
+
+    # ------------------------------------------------------------ the interface adapters use
+
+    @property
+    def quantized(self) -> QuantizedTensor:
+        return self._storage.qt
+
+    @property
+    def quantizer(self) -> Quantizer | None:
+        return self._storage.quantizer
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(out_features, in_features) dense copy in `dtype` (default: the compute dtype)."""
+        return self._storage.qt.dequantize(dtype or self.dtype)
+
+    def replace_quantized(self, qt: QuantizedTensor) -> None:
+        """Swap in another QuantizedTensor of the same logical shape (merge, unmerge, LoftQ); all aliases see it."""
+        if tuple(qt.shape) != tuple(self.shape):
+            raise ValueError(f"replacement has shape {tuple(qt.shape)}, the weight is {tuple(self.shape)}")
+        self._storage.qt = qt
+
+    def requantize_(self, dense: torch.Tensor) -> None:
+        """Quantize `dense` with this weight's own quantizer and store the result in place."""
+        if self.quantizer is None:
+            raise RuntimeError("this QuantizedWeight has no quantizer to re-quantize with (built without one)")
+        qt = self._storage.qt
+        self.replace_quantized(self.quantizer.quantize(dense.detach().to(qt.qdata.device, qt.dtype), "merged"))
+
+    @property
+    def nbytes_quantized(self) -> int:
+        return self._storage.qt.nbytes
+
+    def __repr__(self) -> str:
+        qt = self._storage.qt
+        return (f"QuantizedWeight(shape={tuple(self.shape)}, format={qt.format}, "
+                f"bits_per_param={qt.bits_per_param:.3f}, dtype={self.dtype}, device={self.device})")
+
+    def __deepcopy__(self, memo):
+        qt = self._storage.qt
+        copy = QuantizedWeight(_Storage(qt.with_tensors({k: v.clone() for k, v in qt.tensors().items()}),
+                                        self.quantizer), self.dtype)
+        return nn.Parameter(copy, requires_grad=False) if getattr(self, "_is_param", False) else copy
+
+    def __tensor_flatten__(self):
+        return list(self._storage.qt.tensors()), (self._storage.qt, self.quantizer, self.dtype)
+
+    @staticmethod
+    def __tensor_unflatten__(tensors, context, outer_size, outer_stride):
+        qt, quantizer, dtype = context
+        return QuantizedWeight(_Storage(qt.with_tensors(tensors), quantizer), dtype)
+
+    # ------------------------------------------------------------ torch integration
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear and isinstance(args[1] if len(args) > 1 else kwargs.get("weight"), QuantizedWeight):
+            x = args[0] if args else kwargs["input"]
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            return _QuantizedLinear.apply(x, weight, bias)
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        handler = _HANDLERS.get(func)
+        if handler is not None:
+            return handler(*args, **kwargs)
+        if func._schema.is_mutable:
+            raise NotImplementedError(
+                f"QuantizedWeight does not support the in-place op {func}; supported: add_, sub_, copy_ "
+                "(re-quantizing). Use .dequantize() for a dense copy."
+            )
+        # Everything else sees the dense weight: correct, at the cost of one dequantization.
+        dense = [a.dequantize() if isinstance(a, QuantizedWeight) else a for a in args]
+        dense_kwargs = {k: v.dequantize() if isinstance(v, QuantizedWeight) else v for k, v in kwargs.items()}
+        return func(*dense, **dense_kwargs)
+
+
+def _alias(w: QuantizedWeight, *_, **__) -> QuantizedWeight:
+    return QuantizedWeight(w._storage, w.dtype)
+
+
+def _to_copy(w: QuantizedWeight, dtype=None, device=None, non_blocking=False, **_) -> QuantizedWeight:
+    qt = w._storage.qt
+    if device is not None:
+        qt = qt.with_tensors({k: v.to(device, non_blocking=non_blocking) for k, v in qt.tensors().items()})
+    return QuantizedWeight(_Storage(qt, w.quantizer), dtype or w.dtype)
+
+
+def _clone(w: QuantizedWeight, *_, **__) -> QuantizedWeight:
+    qt = w._storage.qt
+    return QuantizedWeight(_Storage(qt.with_tensors({k: v.clone() for k, v in qt.tensors().items()}),
+                                    w.quantizer), w.dtype)
+
+
+def _add_(w: QuantizedWeight, other, alpha=1) -> QuantizedWeight:
+    w.requantize_(w.dequantize(torch.float32) + alpha * _dense(other))
+    return w
+
+
+def _sub_(w: QuantizedWeight, other, alpha=1) -> QuantizedWeight:
+    w.requantize_(w.dequantize(torch.float32) - alpha * _dense(other))
+    return w
+
+
+def _copy_(w: QuantizedWeight, src, non_blocking=False) -> QuantizedWeight:
+    if isinstance(src, QuantizedWeight):
+        qt = src._storage.qt
+        w.replace_quantized(qt.with_tensors({k: v.to(w.device, copy=True) for k, v in qt.tensors().items()}))
+    else:
+        w.requantize_(src)
+    return w
+
+
+def _dense(t) -> torch.Tensor:
+    return t.dequantize(torch.float32) if isinstance(t, QuantizedWeight) else torch.as_tensor(t).float()
+
+
+_HANDLERS = {
+    aten.detach.default: _alias,
+    aten.alias.default: _alias,
+    aten._to_copy.default: _to_copy,
+    aten.clone.default: _clone,
+    aten.add_.Tensor: _add_,
+    aten.sub_.Tensor: _sub_,
+    aten.copy_.default: _copy_,
+}
+
+
+class _QuantizedLinear(torch.autograd.Function):
+    """y = x W^T + b with W dequantized on the fly, in the compute dtype (or autocast's dtype when active)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+        device_type = x.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else weight.dtype
+        ctx.weight, ctx.dtype, ctx.x_dtype = weight, dtype, x.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        with torch.autocast(device_type, enabled=False):
+            y = F.linear(x.to(dtype), weight.dequantize(dtype), None if bias is None else bias.to(dtype))
+        # under autocast the output is in autocast's dtype, as F.linear's would be; otherwise in x's dtype,
+        # so a bf16-compute layer inside an fp32 model hands fp32 on
+        return y if autocast else y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        grad_x = grad_out @ ctx.layer.dequantized_weight() if ctx.needs_input_grad[0] else None
-        return grad_x, None
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # computed in the forward's dtype whatever dtype the gradient arrives in (autocast may differ)
+            w = ctx.weight.dequantize(ctx.dtype)
+            grad_x = (grad_out.to(ctx.dtype) @ w).to(ctx.x_dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(ctx.bias_dtype)
+        return grad_x, None, grad_bias
 
 
-class QuantLinear(nn.Module):
-    """y = x W^T + b with W stored quantized. x: (..., in_features) -> (..., out_features), in x's dtype.
+class QuantLinear(nn.Linear):
+    """An nn.Linear whose weight is a QuantizedWeight: y = x W^T + b, x: (..., in_features).
 
-    Dtype casts of the module (.to(dtype), .half()) leave it as it is; device moves apply.
+    The state dict holds the packed tensors under `weight.<name>` (e.g. weight.qdata, weight.scale.qdata),
+    so saving a quantized model stores its real bytes.
     """
 
-    def __init__(self, qweight: QuantizedTensor, bias: torch.Tensor | None = None,
-                 compute_dtype: torch.dtype = torch.bfloat16) -> None:
-        super().__init__()
-        if len(qweight.shape) != 2:
-            raise ValueError(f"QuantLinear needs a 2-D weight, got shape {tuple(qweight.shape)}")
-        self.out_features, self.in_features = qweight.shape
-        self.compute_dtype = compute_dtype
-        # The tensors live as buffers so that .to(), state_dict() and memory accounting see them;
-        # the QuantizedTensor itself is rebuilt from them on use.
-        self._layout = qweight
-        self._buffer_names = {}
-        for key, tensor in qweight.tensors().items():
-            buffer = "qweight_" + key.replace(".", "_")
-            self._buffer_names[key] = buffer
-            self.register_buffer(buffer, tensor)
-        self.register_buffer("bias", None if bias is None else bias.detach().to(compute_dtype))
+    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None = None) -> None:
+        nn.Module.__init__(self)  # not nn.Linear.__init__: it would allocate a dense weight
+        self.out_features, self.in_features = weight.shape
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        bias = None if bias is None else nn.Parameter(bias.detach().to(weight.dtype), requires_grad=False)
+        self.register_parameter("bias", bias)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, quantizer: Quantizer, name: str = "linear") -> QuantLinear:
-        qweight = quantizer.quantize(linear.weight.detach(), name=f"{name}.weight")
-        return cls(qweight, linear.bias, COMPUTE_DTYPES[quantizer.config.compute_dtype])
-
-    def _apply(self, fn, recurse=True):
-        # .to(dtype) / .half() must not recast the stored format: fp32 absmax in fp16 loses range, and
-        # bitsandbytes' kernels read the codes and absmax as fp32 (a bf16 copy decodes to garbage). The
-        # compute dtype is a config choice, so it stays too; device moves go through.
-        def move_only(t: torch.Tensor) -> torch.Tensor:
-            moved = fn(t)
-            return moved if moved.dtype == t.dtype else t.to(moved.device)
-
-        return super()._apply(move_only, recurse)
+        qt = quantizer.quantize(linear.weight.detach(), name=f"{name}.weight")
+        weight = QuantizedWeight.build(qt, quantizer, COMPUTE_DTYPES[quantizer.config.compute_dtype])
+        return cls(weight, linear.bias)
 
     @property
-    def qweight(self) -> QuantizedTensor:
-        return self._layout.with_tensors({k: getattr(self, b) for k, b in self._buffer_names.items()})
+    def quantized(self) -> QuantizedTensor:
+        return self.weight.quantized
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.weight.dtype
 
     def dequantized_weight(self) -> torch.Tensor:
         """(out_features, in_features) in the compute dtype."""
-        return self.qweight.dequantize(self.compute_dtype)
+        return self.weight.dequantize()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _DequantizedMatmul.apply(x.to(self.compute_dtype), self)
+    def _apply(self, fn, recurse=True):
+        # Device moves apply; dtype casts (.half(), .to(bf16)) do not: the stored format is fixed (fp32 absmax
+        # in fp16 loses range; bitsandbytes reads absmax and code as fp32) and the compute dtype is a config
+        # choice, so both stay, and so does the bias, which lives in the compute dtype.
+        def move_only(t: torch.Tensor) -> torch.Tensor:
+            moved = fn(t)
+            if moved.dtype == t.dtype:
+                return moved
+            return t.to(moved.device)
+
+        return super()._apply(move_only, recurse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        for key, tensor in self.weight.quantized.tensors().items():
+            destination[f"{prefix}weight.{key}"] = tensor if keep_vars else tensor.detach()
         if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype)
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        qt = self.weight.quantized
+        tensors = {}
+        for key, own in qt.tensors().items():
+            full = f"{prefix}weight.{key}"
+            if full not in state_dict:
+                missing_keys.append(full)
+            elif state_dict[full].shape != own.shape:
+                error_msgs.append(f"size mismatch for {full}: checkpoint {tuple(state_dict[full].shape)}, "
+                                  f"layer {tuple(own.shape)}")
+            else:
+                tensors[key] = state_dict[full].to(own.device, own.dtype)
+        if len(tensors) == len(qt.tensors()):
+            self.weight.replace_quantized(qt.with_tensors(tensors))
+        if self.bias is not None:
+            if prefix + "bias" in state_dict:
+                with torch.no_grad():
+                    self.bias.copy_(state_dict[prefix + "bias"])
+            else:
+                missing_keys.append(prefix + "bias")
+        if strict:
+            own_keys = {f"{prefix}weight.{k}" for k in qt.tensors()} | {prefix + "bias"}
+            unexpected_keys += [k for k in state_dict if k.startswith(prefix) and k not in own_keys]
 
     def extra_repr(self) -> str:
-        q = self._layout
+        q = self.weight.quantized
         return (f"in_features={self.in_features}, out_features={self.out_features}, format={q.format}, "
                 f"bits_per_param={q.bits_per_param:.3f}, compute_dtype={self.compute_dtype}")

@@ -1,0 +1,212 @@
+"""What every adapter shares: the config schema, compatibility checks, attach, merge/unmerge, save and load.
+
+An adapter is a config dataclass registered in ADAPTERS (one folder under adapters/). It turns itself into a
+PEFT config (`peft_config`), so attaching, training and saving go through PEFT and its save format
+(adapter_config.json + adapter_model.safetensors). What PEFT does not do, the harness does here:
+  - one compatibility check from the configs alone, before any model is loaded (`check_base`);
+  - merge / unmerge on every base layer kind through adapters.base_layer (QLoRA-style re-quantization, and
+    exact unmerge from a snapshot), with per-adapter overrides (QA-LoRA folds into the zero points);
+  - hooks into the training loop (`on_step`: AdaLoRA's budget schedule) and a report of the final ranks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from adapters import base_layer
+
+# targets presets; anything else is a list of module names (PEFT matches them as name suffixes)
+ALL_LINEAR = "all-linear"  # every linear layer but the output head (QLoRA's choice)
+ATTENTION = "attention"  # every linear layer inside an attention block (names containing attn/attention)
+INITS = ("default", "gaussian", "loftq")
+
+
+class IncompatibleError(ValueError):
+    """An adapter that cannot run on the chosen quantizer / layer kind. Raised before any work."""
+
+
+@dataclass
+class AdapterConfig:
+    """Knobs every adapter has. Subclasses add their own and validate them in __post_init__.
+
+    rank: r of the low-rank factors (AdaLoRA: the target average rank; its start rank is init_r).
+    alpha: the update is scaled by alpha / r (alpha / sqrt(r) with rslora).
+    targets: [all-linear], [attention], or module names such as [q_proj, v_proj].
+    """
+
+    name: str = "?"
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    rslora: bool = False
+    init: str = "default"
+
+    # base layer kinds the adapter can sit on (adapters.base_layer.KINDS)
+    layer_kinds: ClassVar[tuple[str, ...]] = base_layer.KINDS
+    inits: ClassVar[tuple[str, ...]] = ("default",)
+    has_rslora: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"{self.name}.rank={self.rank!r} is not accepted; use a positive integer (e.g. 8)")
+        if self.alpha <= 0:
+            raise ValueError(f"{self.name}.alpha={self.alpha!r} is not accepted; use a positive number (e.g. 16)")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"{self.name}.dropout={self.dropout!r} is not accepted; use a value in [0, 1)")
+        if not self.targets or isinstance(self.targets, str):
+            raise ValueError(
+                f"{self.name}.targets={self.targets!r} is not accepted; use a list: [{ALL_LINEAR}], [{ATTENTION}] "
+                "or module names such as [q_proj, v_proj]"
+            )
+        self.targets = list(self.targets)
+        if self.rslora and not self.has_rslora:
+            raise ValueError(f"{self.name}.rslora=true is not available for {self.name} (PEFT scales it by "
+                             "alpha / r only); set rslora=false")
+        if self.init not in self.inits:
+            raise ValueError(f"{self.name}.init={self.init!r} is not accepted for {self.name}; use one of "
+                             f"{list(self.inits)}")
+
+    # ------------------------------------------------------------ what subclasses implement
+
+    def peft_config(self, model: nn.Module, total_steps: int, base: dict):
+        """The PEFT config for `model`. base: what check_base learnt about the quantized base."""
+        raise NotImplementedError
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / (self.rank ** 0.5 if self.rslora else self.rank)
+
+    def check_base(self, quantizer_config, layer_kind: str) -> dict:
+        """Raise IncompatibleError if this adapter cannot sit on `layer_kind` layers holding `quantizer_config`
+        (None: no quantization). Returns facts the adapter needs later (e.g. QA-LoRA's group size)."""
+        if layer_kind not in self.layer_kinds:
+            raise IncompatibleError(
+                f"adapter {self.name} cannot sit on {layer_kind} layers; it accepts {list(self.layer_kinds)}"
+                + (" (use module=harness: the same codes, on the harness' QuantLinear)" if "harness" in
+                   self.layer_kinds else "")
+            )
+        return {}
+
+    def after_attach(self, model, base_weights: dict[str, torch.Tensor] | None) -> None:
+        """Called once the PEFT model exists (LoftQ initialisation uses the full-precision weights)."""
+
+    def on_step(self, model, step: int) -> None:
+        """Called after every optimizer step (AdaLoRA reallocates its rank budget here)."""
+
+    def merge_layer(self, layer, adapter_name: str) -> None:
+        """Add the adapter's update into the base layer's weight (re-quantized as that weight is)."""
+        base = layer.get_base_layer()
+        delta = layer.get_delta_weight(adapter_name).float()
+        base_layer.set_weight(base, base_layer.dequantized_weight(base) + delta)
+
+    def report(self, model) -> dict[str, Any]:
+        """Extra facts to record after training (AdaLoRA: the final rank of every layer)."""
+        return {}
+
+
+# ---------------------------------------------------------------- attaching
+
+
+def resolve_targets(targets: list[str]) -> str | list[str]:
+    """The PEFT target_modules for our targets list."""
+    if targets == [ALL_LINEAR]:
+        return ALL_LINEAR
+    if targets == [ATTENTION]:
+        return r".*(attn|attention)\..*"  # a string is a regex PEFT matches against the full name
+    if ALL_LINEAR in targets or ATTENTION in targets:
+        raise ValueError(f"targets={targets}: {ALL_LINEAR} and {ATTENTION} stand alone, not inside a list")
+    return targets
+
+
+def attach(model: nn.Module, cfg: AdapterConfig, total_steps: int = 1000, base: dict | None = None,
+           base_weights: dict[str, torch.Tensor] | None = None):
+    """Wrap `model` (already quantized) with the adapter -> a PeftModel whose only trainable parameters are
+    the adapter's. base: what cfg.check_base returned (call it before loading anything: it is the
+    compatibility check). base_weights: full-precision weights of the target layers, for inits that need them."""
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, cfg.peft_config(model, total_steps, base or {}))
+    cfg.after_attach(peft_model, base_weights)
+    return peft_model
+
+
+def tuner_layers(model) -> list[tuple[str, nn.Module]]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
+def adapter_parameters(model) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+# ---------------------------------------------------------------- merging
+
+
+def merge(model, cfg: AdapterConfig) -> int:
+    """Merge every active adapter into its base layer (in place). Returns the number of layers merged."""
+    count = 0
+    for _, layer in tuner_layers(model):
+        for name in layer.active_adapters:
+            if name in layer.merged_adapters:
+                continue
+            handle = base_layer.snapshot(layer.get_base_layer())
+            cfg.merge_layer(layer, name)
+            layer.merged_adapters.append(name)  # PEFT's forward now runs the base layer alone
+            layer.__dict__.setdefault("_harness_snapshots", []).append(handle)
+            count += 1
+    return count
+
+
+def unmerge(model) -> int:
+    """Undo merge(): restore every base layer's exact pre-merge storage."""
+    count = 0
+    for _, layer in tuner_layers(model):
+        snapshots = layer.__dict__.get("_harness_snapshots", [])
+        while layer.merged_adapters:
+            layer.merged_adapters.pop()
+            base_layer.restore(layer.get_base_layer(), snapshots.pop())
+            count += 1
+    return count
+
+
+def merge_and_unload(model, cfg: AdapterConfig) -> nn.Module:
+    """Merge, then drop the adapter layers: the plain (quantized) model, as PEFT's merge_and_unload gives."""
+    merge(model, cfg)
+    for _, layer in tuner_layers(model):
+        layer.__dict__.pop("_harness_snapshots", None)  # nothing can unmerge once the adapters are gone
+    return model.unload()
+
+
+# ---------------------------------------------------------------- saving and loading
+
+
+def save(model, directory: str | Path, cfg: AdapterConfig) -> Path:
+    """PEFT's format: adapter_config.json + adapter_model.safetensors, plus harness_adapter.json (our config,
+    so load() can rebuild what PEFT's config cannot express, e.g. QA-LoRA's custom layer)."""
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    from dataclasses import asdict
+
+    (directory / "harness_adapter.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    return directory
+
+
+def load(model: nn.Module, directory: str | Path, cfg: AdapterConfig, base: dict | None = None):
+    """Attach `cfg` to `model` (quantized as when it was saved) and load the saved adapter weights."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    peft_model = attach(model, cfg, base=base)
+    state = load_file(str(Path(directory) / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(peft_model, state)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"{directory}: saved tensors the adapter does not have: {result.unexpected_keys[:5]}")
+    return peft_model
