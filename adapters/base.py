@@ -206,7 +206,29 @@ def load(model: nn.Module, directory: str | Path, cfg: AdapterConfig, base: dict
 
     peft_model = attach(model, cfg, base=base)
     state = load_file(str(Path(directory) / "adapter_model.safetensors"))
+    saved = json.loads((Path(directory) / "adapter_config.json").read_text())
+    if saved.get("peft_type") == "ADALORA" and saved.get("rank_pattern"):
+        state = _adalora_full_rank(state, saved["rank_pattern"])
     result = set_peft_model_state_dict(peft_model, state)
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"{directory}: saved tensors the adapter does not have: {result.unexpected_keys[:5]}")
     return peft_model
+
+
+def _adalora_full_rank(state: dict[str, torch.Tensor], rank_pattern: dict[str, list[bool]]) -> dict:
+    """PEFT saves a trained AdaLoRA cut to the ranks its budget kept (rank_pattern: {module.lora_E: kept?}),
+    while attach() builds every layer at init_r. Put each saved rank back in its place and the dropped ones at
+    zero: their singular values were masked to zero, so they added nothing, and the loaded model computes
+    exactly what the trained one did (PEFT's own loader instead shrinks the layers, which changes the
+    summation order of the low-rank products)."""
+    for key, kept in rank_pattern.items():
+        index = torch.tensor(kept, dtype=torch.bool).nonzero().view(-1)
+        prefix = "base_model.model." + key.removesuffix(".lora_E")
+        for part, dim in (("lora_E", 0), ("lora_A", 0), ("lora_B", 1)):
+            saved = state[f"{prefix}.{part}"]
+            if saved.shape[dim] == len(kept):  # every rank kept: PEFT saved it whole
+                continue
+            shape = list(saved.shape)
+            shape[dim] = len(kept)
+            state[f"{prefix}.{part}"] = saved.new_zeros(shape).index_copy_(dim, index, saved)
+    return state

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from quantizers import bnb
-from quantizers.linear import QuantizedWeight, QuantLinear
+from quantizers.linear import QuantLinear
 
 KINDS = ("harness", "bnb4", "bnb8", "dense")
 
@@ -120,6 +120,3 @@ def restore(layer: nn.Module, handle) -> None:
         with torch.no_grad():
             layer.weight.copy_(handle)
 
-
-def is_quantized_weight(t: torch.Tensor) -> bool:
-    return isinstance(t, QuantizedWeight)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantizers.base import COMPUTE_DTYPES, QuantizedTensor, Quantizer
+from quantizers.base import QuantizedTensor, Quantizer
 
 aten = torch.ops.aten
 
@@ -88,6 +88,22 @@ class QuantizedWeight(torch.Tensor):
             raise RuntimeError("this QuantizedWeight has no quantizer to re-quantize with (built without one)")
         qt = self._storage.qt
         self.replace_quantized(self.quantizer.quantize(dense.detach().to(qt.qdata.device, qt.dtype), "merged"))
+
+    @property
+    def data(self) -> QuantizedWeight:
+        return torch.Tensor.data.__get__(self)  # an alias sharing the storage box (detach -> _alias)
+
+    @data.setter
+    def data(self, value: torch.Tensor) -> None:
+        # torch's setter swaps the tensor metadata but not this Python object's storage box, so without this
+        # `param.data = new` (PEFT's safe_merge) would silently keep the old codes.
+        if tuple(value.shape) != tuple(self.shape):
+            raise ValueError(f"cannot set .data of shape {tuple(value.shape)} on a weight of shape {tuple(self.shape)}")
+        if isinstance(value, QuantizedWeight):
+            torch.Tensor.data.__set__(self, value)
+            self._storage = value._storage  # as with any tensor: the two now share their storage
+        else:
+            self.requantize_(value)  # a dense tensor is quantized into place, as copy_ does
 
     @property
     def nbytes_quantized(self) -> int:
@@ -238,7 +254,7 @@ class QuantLinear(nn.Linear):
     @classmethod
     def from_linear(cls, linear: nn.Linear, quantizer: Quantizer, name: str = "linear") -> QuantLinear:
         qt = quantizer.quantize(linear.weight.detach(), name=f"{name}.weight")
-        weight = QuantizedWeight.build(qt, quantizer, COMPUTE_DTYPES[quantizer.config.compute_dtype])
+        weight = QuantizedWeight.build(qt, quantizer, quantizer.compute_dtype)
         return cls(weight, linear.bias)
 
     @property

@@ -7,6 +7,7 @@ records the final rank of every layer.
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 
 from adapters.base import AdapterConfig, resolve_targets
@@ -72,6 +73,10 @@ class AdaLoraConfig(AdapterConfig):
         delta = delta * layer.scaling[adapter_name] / (layer.ranknum[adapter_name] + 1e-5)
         base = layer.get_base_layer()
         base_layer.set_weight(base, base_layer.dequantized_weight(base) + delta)
+        if not hasattr(layer, "get_delta_weight") and "forward" not in layer.__dict__:
+            # PEFT's bitsandbytes SVD layers do not look at `merged` in forward (PEFT cannot merge them), so they
+            # would add the update a second time on top of the merged weight: while merged, run the base alone
+            layer.forward = types.MethodType(_base_alone_while_merged, layer)
 
     def report(self, model) -> dict:
         """{layer: rank} as the budget left it: the non-zero entries of each layer's Λ."""
@@ -82,3 +87,11 @@ class AdaLoraConfig(AdapterConfig):
             for adapter in layer.active_adapters:
                 ranks[name.removeprefix("base_model.model.")] = int((layer.lora_E[adapter] != 0).sum())
         return {"final_ranks": ranks}
+
+
+def _base_alone_while_merged(layer, x, *args, **kwargs):
+    """forward of a PEFT bitsandbytes SVD layer once adapters.base.merge has merged into it (a bound method, so
+    deepcopy rebinds it to the copy)."""
+    if layer.merged:
+        return layer.base_layer(x, *args, **kwargs)
+    return type(layer).forward(layer, x, *args, **kwargs)

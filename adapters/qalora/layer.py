@@ -67,6 +67,7 @@ class QALoraLinear(PeftLoraLinear):
         return result
 
 
+@torch.no_grad()  # the stored zero points must not carry the adapter's autograd graph
 def fold_into_zero_points(layer: QALoraLinear, adapter_name: str) -> None:
     """Merge the adapter into the intk base weight by moving its zero points (codes and scales unchanged)."""
     weight = layer.get_base_layer().weight
