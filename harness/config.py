@@ -87,6 +87,8 @@ class EvalConfig:
     data: Any = None  # a data/*.yaml node (harness.data.DataConfig)
     quantizers: dict[str, Any] = field(default_factory=dict)  # label -> quantizer node; empty: full precision only
     module: str = "auto"  # auto | harness | bitsandbytes: which linear module holds quantized weights
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    compute_dtype: str = "auto"  # for quantizers whose compute_dtype is auto: bf16 where native, else fp32
     split: str = "test"
     context_length: int = 1024
     stride: int | None = None  # None: = context_length (each token scored once, lm-eval's windows)
@@ -99,6 +101,10 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.module not in ("auto", "harness", "bitsandbytes"):
             raise ValueError(f"eval.module={self.module!r} is not accepted; use auto, harness or bitsandbytes")
+        from harness.device import check_compute_dtype, check_device
+
+        check_device(self.device)
+        check_compute_dtype(self.compute_dtype)
         if self.split not in ("train", "validation", "test"):
             raise ValueError(f"eval.split={self.split!r} is not accepted; use train, validation or test")
         if self.context_length < 2:
@@ -128,6 +134,9 @@ def register_configs() -> None:
     from harness import data, models  # their schemas live beside the code that reads them
 
     models.store_schemas(cs)
+    from harness.train import TrainConfig
+
+    cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="data", name="data_schema", node=data.DataConfig)
     _registered = True
 

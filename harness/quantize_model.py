@@ -18,6 +18,7 @@ lm-eval calls model.eval(), so one evaluation breaks the training that follows. 
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import re
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from harness.device import resolve_compute_dtype
 from quantizers import bnb
 from quantizers.base import COMPUTE_DTYPES, Backend, QuantizerConfig, check_finite
 from quantizers.linear import QuantizedWeight, QuantLinear
@@ -269,6 +271,14 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
+def _cast_parameters(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the float parameters (not buffers: rotary tables stay as the model keeps them). QuantizedWeights
+    are already in the compute dtype and hold their storage elsewhere."""
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype and not isinstance(p, QuantizedWeight):
+            p.data = p.data.to(dtype)
+
+
 @torch.no_grad()
 def quantize_model(model: nn.Module, quantizer_config: QuantizerConfig,
                    targets: Iterable[str] = DEFAULT_TARGETS, skip: Iterable[str] = DEFAULT_SKIP,
@@ -278,8 +288,16 @@ def quantize_model(model: nn.Module, quantizer_config: QuantizerConfig,
 
     Weights are quantized from their dtype as loaded, before any cast. Returns the storage report.
     """
-    kind = _resolve_module(module, quantizer_config)
+    if quantizer_config.compute_dtype == "auto":  # the native dtype of the device the model is on
+        device = next(model.parameters()).device
+        quantizer_config = dataclasses.replace(quantizer_config,
+                                               compute_dtype=resolve_compute_dtype("auto", device))
     compute_dtype = COMPUTE_DTYPES[quantizer_config.compute_dtype]
+    if quantizer_config.name == "none":  # the unquantized baseline: only the cast to the compute dtype
+        before = model_storage_bytes(model)
+        _cast_parameters(model, compute_dtype)
+        return QuantizationReport("none", "none", quantizer_config.compute_dtype, before, model_storage_bytes(model))
+    kind = _resolve_module(module, quantizer_config)
     names = target_layers(model, targets, skip)
     if not names:
         raise ValueError(f"no nn.Linear layer matches targets={list(targets)} minus skip={list(skip)}")
@@ -305,9 +323,7 @@ def quantize_model(model: nn.Module, quantizer_config: QuantizerConfig,
         replacements.append((name, new))
     for name, new in replacements:
         _set_module(model, name, new)
-    for p in model.parameters():  # the quantized layers hold no float parameters except biases, cast already
-        if p.is_floating_point() and p.dtype != compute_dtype:
-            p.data = p.data.to(compute_dtype)
+    _cast_parameters(model, compute_dtype)
     guard_bnb_repack(model)
     if kind == "bitsandbytes":
         # what PEFT reads to pick its bitsandbytes adapter layers (lora.bnb, adalora.bnb); without it PEFT wraps

@@ -211,18 +211,28 @@ class QuantizerConfig:
 
     name: str = "?"
     backend: Backend = Backend.auto
-    compute_dtype: str = "bfloat16"  # what QuantLinear dequantizes into for its matmul
+    # what QuantLinear dequantizes into for its matmul. auto: chosen by the command from the device (bf16 where
+    # it is native, else fp32; harness.device), before any layer is built
+    compute_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.backend, str):
             self.backend = _enum_field(Backend, "backend", self.backend)
-        if self.compute_dtype not in COMPUTE_DTYPES:
+        if self.compute_dtype not in COMPUTE_DTYPES and self.compute_dtype != "auto":
             raise ValueError(
-                f"{self.name}.compute_dtype={self.compute_dtype!r} is not supported; use one of {sorted(COMPUTE_DTYPES)}"
+                f"{self.name}.compute_dtype={self.compute_dtype!r} is not supported; use auto or one of "
+                f"{sorted(COMPUTE_DTYPES)}"
             )
 
     def build(self) -> Quantizer:
         raise NotImplementedError
+
+
+def compute_dtype_of(config: QuantizerConfig) -> torch.dtype:
+    if config.compute_dtype == "auto":
+        raise ValueError(f"{config.name}.compute_dtype=auto must be resolved for a device before layers are built "
+                         "(harness.device.resolve_compute_dtype; quantize_model does it)")
+    return COMPUTE_DTYPES[config.compute_dtype]
 
 
 def _enum_field(enum_cls, field_name: str, value):
@@ -265,7 +275,7 @@ class Quantizer(ABC):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        return COMPUTE_DTYPES[self.config.compute_dtype]
+        return compute_dtype_of(self.config)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from harness import config as harness_config
-from harness.registry import QUANTIZERS
+from harness.registry import ADAPTERS, QUANTIZERS
 from quantizers.base import QuantizerConfig
 
 QUANTIZER_YAMLS = sorted((harness_config.EXPERIMENTS_DIR / "quantizer").glob("*.yaml"))
@@ -81,7 +81,7 @@ INVALID = [
     ({"name": "fp4", "block_size": 16}, ValueError, r"fp4\.block_size=16 .*power of two from 32 to 4096"),
     ({"name": "nf4", "dq_block_size": 100}, ValueError, r"nf4\.dq_block_size=100 .*power of two"),
     ({"name": "nf4", "compute_dtype": "float64"}, ValueError,
-     r"nf4\.compute_dtype='float64' .*\['bfloat16', 'float16', 'float32'\]"),
+     r"nf4\.compute_dtype='float64' .*use auto or one of \['bfloat16', 'float16', 'float32'\]"),
     ({"name": "nf4", "backend": "cuda"}, ValidationError,
      r"(?s)'cuda'.*auto, reference, bitsandbytes.*backend"),
     ({"name": "fp4_e3m0", "backend": "bitsandbytes"}, ValueError,
@@ -117,3 +117,50 @@ def test_the_dataclasses_validate_without_hydra_too(node, error, pattern):
     fields = dict(node)
     with pytest.raises(error, match=pattern):
         QUANTIZERS.get(fields.pop("name"))(**fields)
+
+
+# ---------------------------------------------------------------- adapters and train
+
+ADAPTER_YAMLS = sorted((harness_config.EXPERIMENTS_DIR / "adapter").glob("*.yaml"))
+
+
+def test_every_registered_adapter_has_a_yaml():
+    assert {OmegaConf.load(p).name for p in ADAPTER_YAMLS} == set(ADAPTERS.names())
+
+
+@pytest.mark.parametrize("path", ADAPTER_YAMLS, ids=lambda p: p.stem)
+def test_every_adapter_yaml_composes_and_validates_inside_train(hydra, path):
+    cfg = compose("train", overrides=[f"adapter={path.stem}"])
+    config = harness_config.adapter_config(cfg.adapter)
+    written = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path)).items() if k != "defaults"}
+    assert {k: getattr(config, k) for k in written} == written
+
+
+def test_train_yaml_composes_and_plans(hydra):
+    from harness.train import TrainConfig, plan
+
+    cfg = compose("train", overrides=["train.steps=7", "adapter.rank=4"])
+    train = TrainConfig(model=cfg.model, data=cfg.data, quantizer=cfg.quantizer, adapter=cfg.adapter,
+                        train=OmegaConf.to_object(cfg.train))
+    p = plan(train)  # resolves device, dtype and the layer kind without loading anything
+    assert (p.train.steps, p.adapter.rank, p.quantizer.name) == (7, 4, "nf4")
+    assert str(p.output_dir) == "results/train/smollm2-135m/nf4-lora-r4"
+
+
+INVALID_ADAPTERS = [
+    ({"name": "lora", "rank": 0}, r"lora\.rank=0 is not accepted; use a positive integer"),
+    ({"name": "lora", "alpha": -1.0}, r"lora\.alpha=-1\.0 is not accepted"),
+    ({"name": "lora", "dropout": 1.0}, r"lora\.dropout=1\.0 is not accepted; use a value in \[0, 1\)"),
+    ({"name": "lora", "init": "pissa"}, r"lora\.init='pissa' is not accepted for lora; use one of \['default'"),
+    ({"name": "loha", "init": "loftq"}, r"loha\.init='loftq' is not accepted for loha; use one of \['default'\]"),
+    ({"name": "lokr", "rslora": True}, r"lokr\.rslora=true is not available"),
+    ({"name": "adalora", "rank": 8, "init_r": 4}, r"adalora\.init_r=4 must be an integer >= adalora\.rank=8"),
+    ({"name": "lora", "targets": []}, r"lora\.targets=\[\] is not accepted; use a list"),
+    ({"name": "lorra"}, r"unknown adapter 'lorra'\. Did you mean 'lora'\?"),
+]
+
+
+@pytest.mark.parametrize("node,pattern", INVALID_ADAPTERS, ids=lambda v: str(v) if isinstance(v, dict) else "")
+def test_invalid_adapter_configs_name_the_field_the_value_and_what_is_accepted(node, pattern):
+    with pytest.raises((ValueError, KeyError), match=pattern):
+        harness_config.adapter_config(node)

@@ -15,6 +15,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import quantizer_config, register_configs
+from harness.device import resolve_compute_dtype, resolve_device
 from harness.records import write_run_json
 
 register_configs()
@@ -26,11 +27,15 @@ def evaluate_configuration(model, tokenizer, ids, cfg, label: str, quantizer_nod
     from harness.quantize_model import model_storage_bytes, quantize_model
 
     bits = 32.0 if cfg.model.dtype == "float32" else 16.0
+    device = resolve_device(cfg.device)
     if quantizer_node is not None:
         qcfg = quantizer_config(quantizer_node)
+        if qcfg.compute_dtype == "auto":  # the quantizer's own explicit choice wins over the run's
+            qcfg.compute_dtype = resolve_compute_dtype(cfg.compute_dtype, device)
         model = copy.deepcopy(model)
         report = quantize_model(model, qcfg, module=cfg.module)
         bits = report.bits_per_param
+    model.to(device)
     result = perplexity(model, ids, cfg.context_length, cfg.stride, prefix_token_id(tokenizer))
     values = {"perplexity": result.perplexity, "nll": result.nll, "tokens": result.tokens,
               "tokens_per_second": result.tokens_per_second, "seconds": result.seconds,
