@@ -7,6 +7,7 @@ COMMANDS = {
     "list": "harness.cli.list",
     "errors": "harness.cli.errors",
     "eval": "harness.cli.eval",
+    "train": "harness.cli.train",
 }
 
 

@@ -49,15 +49,19 @@ def device() -> dict[str, str | int]:
     return info
 
 
-def run_metadata(cfg, command: str) -> dict:
-    """cfg: the command's composed DictConfig or its validated dataclass."""
+def run_metadata(cfg, command: str, resolved: dict | None = None) -> dict:
+    """cfg: the command's composed DictConfig or its validated dataclass. resolved: what the run decided that
+    the config leaves open (device=auto, compute_dtype=auto, module=auto, ...)."""
     node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
-    return {"command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
+    meta = {"command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
             "versions": versions(), "device": device(), "config": OmegaConf.to_container(node, resolve=True)}
+    if resolved:
+        meta["resolved"] = resolved
+    return meta
 
 
-def write_run_json(out_dir: Path | str, cfg, command: str) -> Path:
+def write_run_json(out_dir: Path | str, cfg, command: str, resolved: dict | None = None) -> Path:
     path = Path(out_dir) / "run.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run_metadata(cfg, command), indent=2, default=str) + "\n")
+    path.write_text(json.dumps(run_metadata(cfg, command, resolved), indent=2, default=str) + "\n")
     return path

@@ -1,0 +1,97 @@
+"""Peak memory of a stretch of work: CUDA's allocator counters on a GPU, the resident set on the CPU.
+
+On Linux the kernel keeps the resident set's high-water mark (VmHWM); writing 5 to /proc/self/clear_refs
+resets it to the current size, so the peak of a stretch is read exactly and costs the loop nothing. Elsewhere a
+background thread samples the resident set every few milliseconds (may miss a short spike).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+
+def rss_bytes() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: ru_maxrss is the best there is (kB on Linux, bytes on macOS)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _hwm_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """with PeakMemory(device) as peak: ...  then peak.bytes (peak in the block), peak.start_bytes.
+
+    CUDA: torch.cuda.max_memory_allocated over the block (peak.reserved_bytes: the allocator's reserve).
+    CPU: the process's peak resident set over the block (includes the model, as the GPU figure does).
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.005) -> None:
+        self.device = torch.device(device)
+        self.interval = interval
+        self.bytes = self.start_bytes = self.reserved_bytes = 0
+        self._stop = threading.Event()
+        self._thread = None
+        self._sampled = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.start_bytes = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self.start_bytes = rss_bytes()
+        if not (_reset_hwm() and _hwm_bytes() is not None):
+            self._sampled = self.start_bytes
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sampled = max(self._sampled, rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device)
+            self.reserved_bytes = torch.cuda.max_memory_reserved(self.device)
+            return
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.bytes = max(self._sampled, rss_bytes())
+        else:
+            self.bytes = _hwm_bytes()
+        self.reserved_bytes = self.bytes
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

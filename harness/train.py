@@ -1,0 +1,365 @@
+"""`python -m harness train`: one fine-tuning loop for every adapter on every quantized base.
+
+A run: check the configs (adapter x quantizer compatibility included) -> load the model -> quantize ->
+attach the adapter -> perplexity before -> train -> perplexity after -> save the adapter (PEFT's format) ->
+merge -> perplexity merged -> metrics.csv, loss.csv, run.json. Nothing is loaded before the configs pass.
+
+The loop is deliberately plain (what a researcher would write by hand, so the harness adds no overhead):
+causal-LM loss on packed blocks of the train split, AdamW (bitsandbytes' paged AdamW on CUDA), gradient
+accumulation, linear warm-up then cosine decay, gradient clipping, optional gradient checkpointing. Seeding
+covers the weights of the adapter, the data order and dropout, so the same seed gives the same losses on
+the CPU bit for bit.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adapters import base as adapters
+from harness.config import adapter_config, quantizer_config, validated
+from harness.device import check_compute_dtype, check_device, resolve_compute_dtype, resolve_device
+from harness.measure import PeakMemory
+from harness.records import write_run_json
+
+OPTIMIZERS = ("auto", "adamw", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit")
+MODULES = ("auto", "harness", "bitsandbytes")
+
+
+@dataclass
+class TrainSettings:
+    """`train.*` knobs."""
+
+    steps: int = 40  # optimizer steps
+    batch_size: int = 4  # sequences per micro-batch
+    seq_len: int = 128  # tokens per sequence (packed blocks of the train split)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1  # share of the steps spent warming the learning rate up from 0
+    max_grad_norm: float = 1.0  # 0: no clipping
+    optimizer: str = "auto"  # auto: paged_adamw_32bit on CUDA (bitsandbytes), adamw on the CPU
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    eval_tokens: int = 4096  # validation tokens scored before / after / merged (0: the whole split)
+    eval_context: int = 1024  # window of the perplexity evaluation (capped at the model's maximum)
+    eval_split: str = "validation"
+    progress: bool = True  # a progress bar with loss, learning rate and tokens/s
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_context"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"train.{name}={value!r} is not accepted; use a positive integer")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr={self.lr!r} is not accepted; use a positive learning rate (e.g. 3e-4)")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"train.warmup_ratio={self.warmup_ratio!r} is not accepted; use a value in [0, 1)")
+        if self.max_grad_norm < 0 or self.weight_decay < 0:
+            raise ValueError("train.max_grad_norm and train.weight_decay must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer={self.optimizer!r} is not accepted; use one of {list(OPTIMIZERS)}")
+        if self.eval_tokens < 0:
+            raise ValueError(f"train.eval_tokens={self.eval_tokens} must be >= 0 (0: the whole split)")
+        if self.eval_split not in ("train", "validation", "test"):
+            raise ValueError(f"train.eval_split={self.eval_split!r} is not accepted; use validation, test or train")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len * self.grad_accum
+
+
+@dataclass
+class TrainConfig:
+    """`python -m harness train [model=] [quantizer=] [adapter=] [train.*=] [output_dir=DIR]`."""
+
+    model: Any = None  # model/*.yaml
+    data: Any = None  # data/*.yaml
+    quantizer: Any = None  # quantizer/*.yaml (quantizer=none: the unquantized base)
+    adapter: Any = None  # adapter/*.yaml
+    train: TrainSettings = field(default_factory=TrainSettings)
+    module: str = "auto"  # auto | harness | bitsandbytes: which layer holds the quantized weights
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    # auto: bf16 where the device computes it natively, else fp32 (fp16 on old GPUs); a quantizer's own explicit
+    # compute_dtype takes precedence over this one
+    compute_dtype: str = "auto"
+    merge: bool = True  # merge the adapter after training and evaluate the merged model
+    output_dir: str | None = None  # None: results/train/<model>/<quantizer>-<adapter>-r<rank>
+
+    def __post_init__(self) -> None:
+        if self.module not in MODULES:
+            raise ValueError(f"module={self.module!r} is not accepted; use one of {list(MODULES)}")
+        check_device(self.device)
+        check_compute_dtype(self.compute_dtype)
+
+
+# ---------------------------------------------------------------- the plan, from configs alone
+
+
+@dataclass
+class Plan:
+    """Everything decided before any weight is loaded."""
+
+    model: Any  # ModelConfig
+    data: Any  # DataConfig
+    quantizer: Any  # QuantizerConfig with the resolved compute dtype
+    adapter: adapters.AdapterConfig
+    train: TrainSettings
+    device: torch.device
+    compute_dtype: str
+    module: str  # resolved: harness | bitsandbytes | none
+    layer_kind: str  # harness | bnb4 | bnb8 | dense
+    base: dict  # what the adapter's check_base returned
+    output_dir: Path
+
+
+def quantizer_label(q) -> str:
+    """nf4, nf4_dq, int3_g32, ...: a short unique name for output folders and tables."""
+    if q.name == "intk":
+        return f"int{q.bits}_g{q.group_size}"
+    return q.name + ("_dq" if getattr(q, "double_quant", False) else "")
+
+
+def resolve_layer(module: str, qcfg, acfg: adapters.AdapterConfig) -> tuple[str, str]:
+    """(module, layer kind) for a quantizer and an adapter: bitsandbytes' layers where `auto` may use them and
+    the adapter accepts them, the harness' QuantLinear otherwise."""
+    from harness.quantize_model import bnb_kind
+
+    if qcfg.name == "none":
+        return "none", "dense"
+    kind = bnb_kind(qcfg)
+    bnb_layer = {"4bit": "bnb4", "8bit": "bnb8"}.get(kind)
+    if module == "bitsandbytes":
+        if bnb_layer is None:
+            raise adapters.IncompatibleError(
+                f"module=bitsandbytes has no layer for quantizer {qcfg.name} as configured; bitsandbytes has "
+                "nf4/fp4 (Linear4bit) and int8 row-wise without outlier_threshold (Linear8bitLt); use module=harness")
+        return "bitsandbytes", bnb_layer
+    if module == "auto" and bnb_layer in acfg.layer_kinds:
+        return "bitsandbytes", bnb_layer
+    return "harness", "harness"
+
+
+def plan(cfg: TrainConfig) -> Plan:
+    """Validate and resolve everything; raises (naming the field) before any work."""
+    from harness.data import data_config
+    from harness.models import model_config
+
+    model, data = model_config(cfg.model), data_config(cfg.data)
+    settings = cfg.train if isinstance(cfg.train, TrainSettings) else validated(TrainSettings, cfg.train)
+    acfg = adapter_config(cfg.adapter)
+    device = resolve_device(cfg.device)
+    qcfg = quantizer_config(cfg.quantizer if cfg.quantizer is not None else {"name": "none"})
+    # an explicit quantizer.compute_dtype wins (a paper config may pin fp32); auto takes the run's
+    dtype = qcfg.compute_dtype if qcfg.compute_dtype != "auto" else resolve_compute_dtype(cfg.compute_dtype, device)
+    qcfg.compute_dtype = dtype
+    module, kind = resolve_layer(cfg.module, qcfg, acfg)
+    base = acfg.check_base(None if qcfg.name == "none" else qcfg, kind)
+    if hasattr(acfg, "check_schedule"):
+        acfg.check_schedule(settings.steps)
+    if model.source == "tiny" and settings.seq_len > model.max_positions:
+        raise ValueError(f"train.seq_len={settings.seq_len} exceeds model.max_positions={model.max_positions}")
+    out = cfg.output_dir or f"results/train/{model.name}/{quantizer_label(qcfg)}-{acfg.name}-r{acfg.rank}"
+    return Plan(model, data, qcfg, acfg, settings, device, dtype, module, kind, base, Path(out))
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def base_weights_for(model, p: Plan) -> dict[str, torch.Tensor] | None:
+    """Full-precision weights of the layers an init needs (LoftQ), captured before quantization."""
+    if getattr(p.adapter, "init", "default") != "loftq":
+        return None
+    from harness.quantize_model import target_layers
+
+    return {name: model.get_submodule(name).weight.detach().clone() for name in target_layers(model)}
+
+
+def build_model(p: Plan):
+    """(PeftModel on the device, tokenizer, quantization report)."""
+    from harness.models import load_model
+    from harness.quantize_model import quantize_model
+
+    torch.manual_seed(p.train.seed)
+    model, tokenizer = load_model(p.model)
+    weights = base_weights_for(model, p)
+    module = "harness" if p.module == "none" else p.module
+    report = quantize_model(model, p.quantizer, module=module)
+    model.to(p.device)
+    if p.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # the frozen embedding would otherwise cut the graph
+    torch.manual_seed(p.train.seed)  # the adapter's initial weights depend on the seed only
+    peft_model = adapters.attach(model, p.adapter, total_steps=p.train.steps, base=p.base, base_weights=weights)
+    return peft_model, tokenizer, report
+
+
+def make_optimizer(params, s: TrainSettings, device: torch.device):
+    name = s.optimizer
+    if name == "auto":
+        name = "paged_adamw_32bit" if device.type == "cuda" else "adamw"
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    import bitsandbytes.optim as bnb_optim
+
+    cls = {"paged_adamw_32bit": bnb_optim.PagedAdamW32bit, "paged_adamw_8bit": bnb_optim.PagedAdamW8bit,
+           "adamw_8bit": bnb_optim.AdamW8bit}[name]
+    return cls(params, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def lr_factor(step: int, s: TrainSettings) -> float:
+    """Linear warm-up over warmup_ratio of the steps, then cosine decay to 0 (step counts from 0)."""
+    warmup = math.ceil(s.warmup_ratio * s.steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, s.steps - warmup)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def batches(blocks: torch.Tensor, batch_size: int, seed: int):
+    """Endless micro-batches (batch_size, seq_len) of the packed blocks, reshuffled every epoch (seeded)."""
+    if blocks.shape[0] < batch_size:
+        raise ValueError(f"the train split packs into {blocks.shape[0]} blocks, fewer than train.batch_size="
+                         f"{batch_size}; lower train.seq_len or train.batch_size, or use a larger corpus")
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(blocks.shape[0], generator=generator)
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            yield blocks[order[i:i + batch_size]]
+
+
+def fine_tune(model, blocks: torch.Tensor, p: Plan) -> list[dict]:
+    """Train the adapter in place -> one row per optimizer step (step, loss, lr, tokens_per_second)."""
+    s = p.train
+    params = [q for q in model.parameters() if q.requires_grad]
+    optimizer = make_optimizer(params, s, p.device)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, s))
+    data = batches(blocks, s.batch_size, s.seed)
+    torch.manual_seed(s.seed)  # dropout
+    model.train()
+    rows = []
+    bar = _progress(s)
+    for step in range(s.steps):
+        start = time.perf_counter()
+        loss_sum = 0.0
+        for _ in range(s.grad_accum):
+            ids = next(data).to(p.device)
+            loss = model(input_ids=ids, labels=ids).loss / s.grad_accum
+            loss.backward()
+            loss_sum += loss.item()
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"the loss became {loss_sum} at step {step}; lower train.lr")
+        if s.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        p.adapter.on_step(model, step)  # AdaLoRA reads this step's gradients: before zero_grad
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        if p.device.type == "cuda":
+            torch.cuda.synchronize(p.device)
+        rate = s.tokens_per_step / (time.perf_counter() - start)
+        rows.append({"step": step, "loss": loss_sum, "lr": lr, "tokens_per_second": rate})
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
+            bar.update()
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return rows
+
+
+def _progress(s: TrainSettings):
+    if not s.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=s.steps, desc="train", unit="step", dynamic_ncols=True)
+
+
+def evaluate(model, ids: torch.Tensor, tokenizer, p: Plan) -> float:
+    from harness.evaluate import perplexity, prefix_token_id
+
+    context = min(p.train.eval_context, _max_positions(model))
+    return perplexity(model, ids, context, prefix_token=prefix_token_id(tokenizer)).perplexity
+
+
+def _max_positions(model) -> int:
+    config = getattr(model, "config", None)
+    return getattr(config, "max_position_embeddings", None) or 1 << 30
+
+
+def data_for(p: Plan, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train blocks (n, seq_len), evaluation ids (n_tokens,))."""
+    from harness.data import load_corpus, pack, tokenize
+
+    corpus = load_corpus(p.data)
+    blocks = pack(tokenize(corpus.train, tokenizer), p.train.seq_len)
+    ids = tokenize(getattr(corpus, p.train.eval_split), tokenizer)
+    if p.train.eval_tokens:
+        ids = ids[: p.train.eval_tokens]
+    return blocks, ids
+
+
+# ---------------------------------------------------------------- the whole run
+
+
+def run(cfg: TrainConfig) -> dict[str, float]:
+    """Fine-tune as configured; write DIR/metrics.csv, loss.csv, adapter/, run.json; return the metrics."""
+    started = time.perf_counter()
+    p = plan(cfg)
+    print(f"train: {p.model.name}, quantizer {quantizer_label(p.quantizer)} on {p.layer_kind} layers, adapter "
+          f"{p.adapter.name} r={p.adapter.rank}, device {p.device}, compute {p.compute_dtype} -> {p.output_dir}")
+    with PeakMemory(p.device) as peak:
+        model, tokenizer, report = build_model(p)
+        blocks, ids = data_for(p, tokenizer)
+        trainable, total = model.get_nb_trainable_parameters()
+        before = evaluate(model, ids, tokenizer, p)
+        print(f"  perplexity before {before:.3f} ({ids.numel()} {p.train.eval_split} tokens)")
+        train_start = time.perf_counter()
+        rows = fine_tune(model, blocks, p)
+        train_seconds = time.perf_counter() - train_start
+    after = evaluate(model, ids, tokenizer, p)
+    print(f"  perplexity after  {after:.3f}")
+    p.output_dir.mkdir(parents=True, exist_ok=True)
+    adapters.save(model, p.output_dir / "adapter", p.adapter)
+    metrics = {
+        "perplexity_before": before, "perplexity_after": after,
+        "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"],
+        "trainable_params": trainable, "total_params": total, "trainable_share": trainable / total,
+        "train_tokens": p.train.tokens_per_step * p.train.steps, "train_seconds": train_seconds,
+        "train_tokens_per_second": p.train.tokens_per_step * p.train.steps / train_seconds,
+        "peak_memory_bytes": peak.bytes,
+        "bits_per_param": report.bits_per_param if report.layers else torch.finfo(getattr(torch, p.compute_dtype)).bits,
+    }
+    if cfg.merge:
+        adapters.merge(model, p.adapter)
+        metrics["perplexity_merged"] = evaluate(model, ids, tokenizer, p)
+        print(f"  perplexity merged {metrics['perplexity_merged']:.3f}")
+    metrics["seconds"] = time.perf_counter() - started
+    extra = p.adapter.report(model)
+    write_outputs(p, cfg, metrics, rows, extra)
+    return metrics
+
+
+def write_outputs(p: Plan, cfg: TrainConfig, metrics: dict, rows: list[dict], extra: dict) -> None:
+    out = p.output_dir
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["metric", "value"])
+        writer.writerows([k, float(v)] for k, v in metrics.items())
+    with open(out / "loss.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "tokens_per_second"])
+        writer.writeheader()
+        writer.writerows(rows)
+    resolved = {"device": str(p.device), "compute_dtype": p.compute_dtype, "module": p.module,
+                "layer_kind": p.layer_kind, "quantizer": asdict(p.quantizer) | {"label": quantizer_label(p.quantizer)},
+                "adapter": asdict(p.adapter), **extra}
+    write_run_json(out, cfg, "train", resolved=resolved)
+    print(f"wrote {out}/metrics.csv, loss.csv, adapter/, run.json")
