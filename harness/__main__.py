@@ -8,6 +8,7 @@ COMMANDS = {
     "errors": "harness.cli.errors",
     "eval": "harness.cli.eval",
     "train": "harness.cli.train",
+    "memory": "harness.cli.memory",
 }
 
 

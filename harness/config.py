@@ -137,6 +137,9 @@ def register_configs() -> None:
     from harness.train import TrainConfig
 
     cs.store(name="train_schema", node=TrainConfig)
+    from harness.memory_model import MemoryConfig
+
+    cs.store(name="memory_schema", node=MemoryConfig)
     cs.store(group="data", name="data_schema", node=data.DataConfig)
     _registered = True
 

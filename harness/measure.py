@@ -41,6 +41,30 @@ def _reset_hwm() -> bool:
         return False
 
 
+def memory_in_use(device: torch.device | str = "cpu") -> int:
+    """Bytes in use now: CUDA's allocated memory on a GPU, the process's resident set on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.memory_allocated(device)
+    return rss_bytes()
+
+
+def release_freed_memory() -> None:
+    """Hand freed memory back (Python garbage, glibc's free lists, CUDA's cache) so that a peak measured next is
+    the next stretch's own. Without it, pages freed after loading a model stay resident and count."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 class PeakMemory:
     """with PeakMemory(device) as peak: ...  then peak.bytes (peak in the block), peak.start_bytes.
 

@@ -71,6 +71,9 @@ class ModelConfig:
     max_positions: int = 256
     seed: int = 0
     cache_dir: str | None = None  # None: $HARNESS_CACHE, else ~/.cache/quant-harness
+    # the transformers config (model_type + its fields): lets the memory predictor build the model on the meta
+    # device without the hub. Loading weights never reads it.
+    architecture: dict | None = None
 
     def __post_init__(self) -> None:
         if self.source not in MODEL_SOURCES:
@@ -171,25 +174,49 @@ def load_embedded(cfg: ModelConfig):
 
 @MODEL_SOURCES.register("tiny", "a tiny random Llama or OPT built in-process, byte-level tokenizer (tests)")
 def load_tiny(cfg: ModelConfig):
-    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(cfg.seed)  # the weights are a function of the config
+    model = AutoModelForCausalLM.from_config(tiny_hf_config(cfg))
+    return model.to(cfg.torch_dtype).eval(), byte_tokenizer()  # eval, as from_pretrained returns models
+
+
+def tiny_hf_config(cfg: ModelConfig):
+    from transformers import LlamaConfig, OPTConfig
 
     tokenizer = byte_tokenizer()
     ids = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-    torch.manual_seed(cfg.seed)  # the weights are a function of the config
     if cfg.arch == "llama":
-        config = LlamaConfig(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                             num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                             num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.max_positions,
-                             **ids)
-        model = LlamaForCausalLM(config)
-    else:
-        config = OPTConfig(hidden_size=cfg.hidden_size, ffn_dim=cfg.intermediate_size,
+        return LlamaConfig(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                           max_position_embeddings=cfg.max_positions, word_embed_proj_dim=cfg.hidden_size,
-                           **ids)
-        model = OPTForCausalLM(config)
-    return model.to(cfg.torch_dtype).eval(), tokenizer  # eval, as from_pretrained returns models
+                           num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.max_positions, **ids)
+    return OPTConfig(hidden_size=cfg.hidden_size, ffn_dim=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+                     num_attention_heads=cfg.num_heads, max_position_embeddings=cfg.max_positions,
+                     word_embed_proj_dim=cfg.hidden_size, **ids)
+
+
+def hf_config(cfg: ModelConfig):
+    """The transformers config of a model, without loading its weights (for meta-device models)."""
+    from transformers import AutoConfig
+
+    if cfg.architecture:
+        fields = dict(cfg.architecture)
+        return AutoConfig.for_model(fields.pop("model_type"), **fields)
+    if cfg.source == "tiny":
+        return tiny_hf_config(cfg)
+    if cfg.source == "embedded":
+        spec = EMBEDDED_MODELS[cfg.name]
+        folder = cfg.cache_root / "models" / spec.folder
+        if not (folder / "config.json").exists():
+            load_gguf(embedded_gguf_path(spec), folder, cfg.torch_dtype)  # converts once
+        return AutoConfig.from_pretrained(folder)
+    source = str(Path(cfg.path).expanduser()) if cfg.source == "local" else cfg.hub_id
+    try:
+        return AutoConfig.from_pretrained(source, revision=cfg.revision if cfg.source == "hub" else None)
+    except OSError as e:
+        raise OSError(f"could not read the config of {source!r} ({e}); without the hub, give the architecture "
+                      "in the model YAML (model.architecture: model_type and its fields)") from e
 
 
 # ---------------------------------------------------------------- helpers

@@ -25,7 +25,8 @@ import torch
 from adapters import base as adapters
 from harness.config import adapter_config, quantizer_config, validated
 from harness.device import check_compute_dtype, check_device, resolve_compute_dtype, resolve_device
-from harness.measure import PeakMemory
+from harness.measure import PeakMemory, memory_in_use, release_freed_memory
+from harness.quantize_model import tensor_bytes
 from harness.records import write_run_json
 
 OPTIMIZERS = ("auto", "adamw", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit")
@@ -36,7 +37,7 @@ MODULES = ("auto", "harness", "bitsandbytes")
 class TrainSettings:
     """`train.*` knobs."""
 
-    steps: int = 40  # optimizer steps
+    steps: int = 30  # optimizer steps
     batch_size: int = 4  # sequences per micro-batch
     seq_len: int = 128  # tokens per sequence (packed blocks of the train split)
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -234,8 +235,9 @@ def batches(blocks: torch.Tensor, batch_size: int, seed: int):
             yield blocks[order[i:i + batch_size]]
 
 
-def fine_tune(model, blocks: torch.Tensor, p: Plan) -> list[dict]:
-    """Train the adapter in place -> one row per optimizer step (step, loss, lr, tokens_per_second)."""
+def fine_tune(model, blocks: torch.Tensor, p: Plan, memory: dict | None = None) -> list[dict]:
+    """Train the adapter in place -> one row per optimizer step (step, loss, lr, tokens_per_second).
+    memory: if given, receives the bytes of the gradients and of the optimizer state (read once, at step 0)."""
     s = p.train
     params = [q for q in model.parameters() if q.requires_grad]
     optimizer = make_optimizer(params, s, p.device)
@@ -259,6 +261,10 @@ def fine_tune(model, blocks: torch.Tensor, p: Plan) -> list[dict]:
             torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
+        if memory is not None and step == 0:  # sizes are fixed after the first step; reading them costs ~nothing
+            memory["gradients"] = tensor_bytes(q.grad for q in params if q.grad is not None)
+            memory["optimizer"] = tensor_bytes(v for st in optimizer.state.values() for v in st.values()
+                                               if isinstance(v, torch.Tensor))
         p.adapter.on_step(model, step)  # AdaLoRA reads this step's gradients: before zero_grad
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
@@ -316,15 +322,19 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     p = plan(cfg)
     print(f"train: {p.model.name}, quantizer {quantizer_label(p.quantizer)} on {p.layer_kind} layers, adapter "
           f"{p.adapter.name} r={p.adapter.rank}, device {p.device}, compute {p.compute_dtype} -> {p.output_dir}")
+    model, tokenizer, report = build_model(p)
+    blocks, ids = data_for(p, tokenizer)
+    trainable, total = model.get_nb_trainable_parameters()
+    before = evaluate(model, ids, tokenizer, p)
+    print(f"  perplexity before {before:.3f} ({ids.numel()} {p.train.eval_split} tokens)")
+    memory = weight_bytes(model)
+    release_freed_memory()  # so the peak below is the training's, not what loading left behind
+    start = memory_in_use(p.device)
+    train_start = time.perf_counter()
     with PeakMemory(p.device) as peak:
-        model, tokenizer, report = build_model(p)
-        blocks, ids = data_for(p, tokenizer)
-        trainable, total = model.get_nb_trainable_parameters()
-        before = evaluate(model, ids, tokenizer, p)
-        print(f"  perplexity before {before:.3f} ({ids.numel()} {p.train.eval_split} tokens)")
-        train_start = time.perf_counter()
-        rows = fine_tune(model, blocks, p)
-        train_seconds = time.perf_counter() - train_start
+        rows = fine_tune(model, blocks, p, memory)
+    train_seconds = time.perf_counter() - train_start
+    peak_bytes = training_peak(peak, start, memory, p.device)
     after = evaluate(model, ids, tokenizer, p)
     print(f"  perplexity after  {after:.3f}")
     p.output_dir.mkdir(parents=True, exist_ok=True)
@@ -335,7 +345,8 @@ def run(cfg: TrainConfig) -> dict[str, float]:
         "trainable_params": trainable, "total_params": total, "trainable_share": trainable / total,
         "train_tokens": p.train.tokens_per_step * p.train.steps, "train_seconds": train_seconds,
         "train_tokens_per_second": p.train.tokens_per_step * p.train.steps / train_seconds,
-        "peak_memory_bytes": peak.bytes,
+        "peak_memory_bytes": peak_bytes,
+        **memory_rows(memory, peak_bytes),
         "bits_per_param": report.bits_per_param if report.layers else torch.finfo(getattr(torch, p.compute_dtype)).bits,
     }
     if cfg.merge:
@@ -346,6 +357,46 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     extra = p.adapter.report(model)
     write_outputs(p, cfg, metrics, rows, extra)
     return metrics
+
+
+def weight_bytes(model) -> dict[str, int]:
+    """Bytes of the quantized weights (codes + constants), the other frozen weights, and the adapter, measured
+    from the tensors themselves (each stored tensor once)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from adapters.base_layer import layer_kind, stored_tensors
+    from harness.quantize_model import module_tensors
+
+    quantized, frozen, trainable = [], [], []
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):  # holds nothing itself; its `weight` property is the base layer's
+            continue
+        is_linear = isinstance(module, torch.nn.Linear)
+        if is_linear and layer_kind(module) != "dense":
+            quantized += list(stored_tensors(module).values())
+            frozen += [module.bias] if module.bias is not None else []
+            continue
+        for t in module_tensors(module):
+            (trainable if t.requires_grad else frozen).append(t)
+    return {"quantized_weights": tensor_bytes(quantized), "other_weights": tensor_bytes(frozen),
+            "adapter_weights": tensor_bytes(trainable)}
+
+
+def training_peak(peak: PeakMemory, start: int, memory: dict[str, int], device: torch.device) -> int:
+    """Peak bytes of training. CUDA: the allocator's peak during the loop (weights included, as they live on the
+    GPU). CPU: the weights measured from their tensors plus the resident set's growth during the loop; the
+    process's whole resident set would also count the Python runtime, libraries, tokenizer and corpus."""
+    if device.type == "cuda":
+        return peak.bytes
+    static = memory["quantized_weights"] + memory["other_weights"] + memory["adapter_weights"]
+    return static + peak.bytes - start
+
+
+def memory_rows(parts: dict[str, int], peak: int) -> dict[str, int]:
+    """memory_<part>_bytes rows; `rest` (activations, workspace, allocator slack) is the peak minus the others."""
+    rows = {f"memory_{name}_bytes": value for name, value in parts.items()}
+    rows["memory_rest_bytes"] = peak - sum(parts.values())
+    return rows
 
 
 def write_outputs(p: Plan, cfg: TrainConfig, metrics: dict, rows: list[dict], extra: dict) -> None:

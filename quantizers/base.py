@@ -227,6 +227,12 @@ class QuantizerConfig:
     def build(self) -> Quantizer:
         raise NotImplementedError
 
+    def storage_bytes(self, shape: tuple[int, ...]) -> int:
+        """Bytes a weight of `shape` occupies once quantized (codes + every constant), computed from the shape
+        alone, so the memory predictor can size a 70B model on the meta device. Equals QuantizedTensor.nbytes
+        (tested); data-dependent extras (int8 outlier columns) are not included."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement storage_bytes(shape)")
+
 
 def compute_dtype_of(config: QuantizerConfig) -> torch.dtype:
     if config.compute_dtype == "auto":

@@ -7,6 +7,7 @@ indices are packed per byte. A format is nothing but its 16-entry code table.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -53,6 +54,15 @@ class CodebookConfig(QuantizerConfig):
 
     def build(self) -> CodebookQuantizer:
         return CodebookQuantizer(self)
+
+    def storage_bytes(self, shape: tuple[int, ...]) -> int:
+        n = math.prod(shape)
+        blocks = -(-n // self.block_size)
+        codes = packing.packed_nbytes(n, 4) + 16 * 4  # 4-bit codes + the fp32 code table
+        if not self.double_quant:
+            return codes + blocks * 4  # one fp32 absmax per block
+        # 8-bit code per absmax, fp32 absmax per second-level block, the 256-entry fp32 dynamic map, the offset
+        return codes + blocks + -(-blocks // self.dq_block_size) * 4 + 256 * 4 + 4
 
 
 class CodebookQuantizer(Quantizer):

@@ -8,6 +8,7 @@ out of their row's absmax and their columns' codes are zero.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,11 @@ class Int8Config(QuantizerConfig):
                 "int8.backend=bitsandbytes supports granularity=row only, "
                 f"not granularity={self.granularity.value}; use backend=reference or auto"
             )
+
+    def storage_bytes(self, shape: tuple[int, ...]) -> int:
+        n = math.prod(shape)
+        scales = shape[0] if self.granularity is Int8Granularity.row else -(-n // self.block_size)
+        return n + scales * 4  # outlier columns (outlier_threshold > 0) depend on the data: not included
 
     def build(self) -> Int8Quantizer:
         return Int8Quantizer(self)

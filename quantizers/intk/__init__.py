@@ -8,6 +8,7 @@ The range always includes 0 (as GPTQ does), which makes an exact 0 representable
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,10 @@ class IntKConfig(QuantizerConfig):
 
     def build(self) -> IntKQuantizer:
         return IntKQuantizer(self)
+
+    def storage_bytes(self, shape: tuple[int, ...]) -> int:
+        n = math.prod(shape)
+        return packing.packed_nbytes(n, self.bits) + (n // self.group_size) * 2 * 2  # fp16 scale + zero point
 
 
 class IntKQuantizer(Quantizer):

@@ -3,6 +3,7 @@ baseline every quantizer is compared with, and the base of plain (16-bit) LoRA."
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,11 @@ class NoneConfig(QuantizerConfig):
 
     def build(self) -> NoQuantizer:
         return NoQuantizer(self)
+
+    def storage_bytes(self, shape: tuple[int, ...]) -> int:
+        if self.compute_dtype == "auto":
+            raise ValueError("none.storage_bytes needs a resolved compute_dtype (float32, bfloat16 or float16)")
+        return math.prod(shape) * torch.finfo(getattr(torch, self.compute_dtype)).bits // 8
 
 
 class NoQuantizer(Quantizer):

@@ -1,0 +1,120 @@
+"""Memory: every quantizer's storage from its shape alone, the predictor's parts against a real run, the seeds'
+Mistral-7B example, and the memory rows of a train run."""
+
+import csv
+
+import pytest
+import torch
+
+from harness.config import adapter_config, quantizer_config
+from harness.memory_model import PARTS, Scenario, activation_bytes, meta_model, predict
+from harness.models import model_config
+
+TINY = {"name": "tiny-llama", "source": "tiny", "arch": "llama"}
+MISTRAL = {"name": "mistral-7b", "source": "hub", "hub_id": "mistralai/Mistral-7B-v0.1", "dtype": "bfloat16",
+           "architecture": {"model_type": "mistral", "vocab_size": 32000, "hidden_size": 4096,
+                            "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+                            "num_key_value_heads": 8, "max_position_embeddings": 32768,
+                            "tie_word_embeddings": False}}
+QUANTIZERS = [{"name": "nf4"}, {"name": "nf4", "double_quant": True}, {"name": "fp4", "double_quant": True,
+              "dq_block_size": 128}, {"name": "int4", "block_size": 128}, {"name": "fp4_e3m0"},
+              {"name": "intk", "bits": 3, "group_size": 32}, {"name": "intk", "bits": 2, "group_size": 64},
+              {"name": "int8"}, {"name": "int8", "granularity": "block"}, {"name": "nf4", "backend": "bitsandbytes",
+                                                                          "double_quant": True}]
+
+
+@pytest.mark.parametrize("node", QUANTIZERS, ids=str)
+@pytest.mark.parametrize("shape", [(96, 128), (576, 1536), (33, 576)], ids=str)
+def test_storage_bytes_from_the_shape_equals_the_quantized_tensors_bytes(node, shape):
+    config = quantizer_config({**node, "compute_dtype": "float32"})
+    assert config.storage_bytes(shape) == config.build().quantize(torch.randn(*shape)).nbytes
+
+
+def test_the_seeds_mistral_example():
+    lora_linear = adapter_config({"name": "lora", "rank": 8, "targets": ["all-linear"]})
+    mistral = model_config(MISTRAL)
+    nf4_dq = quantizer_config({"name": "nf4", "double_quant": True, "compute_dtype": "bfloat16"})
+    full = predict(mistral, Scenario("full", None, None), activations=False)
+    lora = predict(mistral, Scenario("lora", None, lora_linear), activations=False)
+    qlora = predict(mistral, Scenario("qlora", nf4_dq, lora_linear), activations=False)
+    # LoRA r=8 on all 7 linear kinds of 32 layers: 32 x 8 x (2 x (4096+4096) + 2 x (4096+1024) + 3 x (4096+14336))
+    assert lora["trainable_params"] == 32 * 8 * (2 * 8192 + 2 * 5120 + 3 * 18432) == 20_971_520
+    assert full["trainable_params"] == 7_241_732_096
+    gb = 1e9
+    before = {k: sum(v[p] for p in PARTS if p != "activations") / gb for k, v in
+              {"full": full, "lora": lora, "qlora": qlora}.items()}
+    # 16 B per parameter; the seeds round 7.24B parameters to 7B (112 GB), so allow the 3.5% that rounding is
+    assert before["full"] == pytest.approx(16 * 7.2417, rel=1e-3) and before["full"] == pytest.approx(112, rel=0.035)
+    assert before["lora"] == pytest.approx(14.4, rel=0.035)  # the same rounding (2 B x 7B = 14 GB)
+    # 4-bit: 4.127 bits for the linear weights, bf16 embeddings and lm_head, the adapter's 16 B per parameter
+    assert before["qlora"] == pytest.approx(4.5, rel=0.02)
+
+
+def test_the_seeds_trainable_count_is_lora_on_embeddings_and_lm_head_with_5_added_tokens():
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head"]
+    counts = predict(model_config(MISTRAL), Scenario("seeds", None, adapter_config(
+        {"name": "lora", "rank": 8, "targets": targets})), activations=False, vocab_size=32005)
+    assert counts["trainable_params"] == 21_549_136 and counts["total_params"] == 7_263_322_192
+
+
+def test_predicted_activations_equal_the_tensors_a_real_forward_saves():
+    """The meta-device trace against the same hook on a real CPU forward of the tiny model (fp32, LoRA q,v):
+    the predictor's emulated fused attention saves what torch's CPU flash attention saves."""
+    from adapters.base import attach
+    from harness.models import load_model
+
+    lora = {"name": "lora", "rank": 4, "dropout": 0.1}
+    predicted = activation_bytes(_meta_with(lora), 2, 32)
+    model, _ = load_model(model_config(TINY))
+    model.requires_grad_(False)
+    real = attach(model, adapter_config(lora))
+    assert activation_bytes(real, 2, 32) == predicted
+
+
+def _meta_with(adapter):
+    from harness.memory_model import _attach_meta
+
+    model = meta_model(model_config(TINY), torch.float32)
+    model.requires_grad_(False)
+    return _attach_meta(model, adapter_config(adapter))
+
+
+def test_a_train_run_reports_every_memory_part_and_the_predictor_matches_its_tensors(tmp_path):
+    from harness.train import TrainConfig, TrainSettings, run
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(f"paragraph {i} " + "some words to train on " * 40 for i in range(40)))
+    metrics = run(TrainConfig(model=TINY, data={"name": "text_file", "path": str(text)}, quantizer={"name": "nf4"},
+                              adapter={"name": "lora", "rank": 4}, device="cpu", compute_dtype="float32",
+                              train=TrainSettings(steps=2, batch_size=2, seq_len=32, eval_tokens=128, eval_context=64,
+                                                  progress=False), output_dir=str(tmp_path / "run"), merge=False))
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = {r["metric"]: float(r["value"]) for r in csv.DictReader(f)}
+    parts = ["quantized_weights", "other_weights", "adapter_weights", "gradients", "optimizer", "rest"]
+    assert all(f"memory_{p}_bytes" in rows for p in parts)
+    assert sum(rows[f"memory_{p}_bytes"] for p in parts) == rows["peak_memory_bytes"]
+    predicted = predict(model_config(TINY), Scenario("run", quantizer_config({"name": "nf4"}),
+                        adapter_config({"name": "lora", "rank": 4}), weight_bytes=4, precision="fp32"),
+                        batch_size=2, seq_len=32, compute_dtype=torch.float32)
+    # every part but the activations is counted from tensors of known size on both sides: exact
+    for part in ("quantized_weights", "other_weights", "adapter_weights", "gradients", "optimizer"):
+        assert predicted[part] == rows[f"memory_{part}_bytes"], part
+
+
+def test_the_memory_command_composes_and_writes_its_table(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from harness.config import EXPERIMENTS_DIR, register_configs
+    from harness.memory_model import memory_config, report
+
+    register_configs()
+    with initialize_config_dir(str(EXPERIMENTS_DIR), version_base=None):
+        seeds = compose("memory", overrides=["+paper=seeds_memory"])
+        cfg = compose("memory", overrides=["model=tiny-llama", f"output_dir={tmp_path}", "train.seq_len=32"])
+    assert seeds.model.name == "mistral-7b" and seeds.vocab_size == 32005 and seeds.published.quantized == 4.5
+    table = report(memory_config(cfg))
+    assert list(table.index) == ["full fine-tuning", "16-bit base + lora", "nf4_dq base + lora"]
+    assert (tmp_path / "memory.csv").exists() and (tmp_path / "memory.md").exists()
+    # the quantized base holds less than the 16-bit one, and full fine-tuning trains every parameter
+    assert table.loc["nf4_dq base + lora", "before activations"] < table.loc["16-bit base + lora", "before activations"]
+    assert table.loc["full fine-tuning", "trainable %"] == 100
