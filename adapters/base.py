@@ -94,6 +94,9 @@ class AdapterConfig:
             )
         return {}
 
+    def check_steps(self, total_steps: int) -> None:
+        """Raise if the adapter cannot train for `total_steps` steps (AdaLoRA's schedule must fit)."""
+
     def after_attach(self, model, base_weights: dict[str, torch.Tensor] | None) -> None:
         """Called once the PEFT model exists (LoftQ initialisation uses the full-precision weights)."""
 

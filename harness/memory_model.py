@@ -66,8 +66,10 @@ def _attach_meta(model: nn.Module, adapter, total_steps: int = 1000):
     """PEFT's adapter on the meta model (counts and shapes are all the predictor needs)."""
     from adapters.base import attach
 
-    base = {"group_size": 32}  # only QA-LoRA reads it; its real group size comes from the quantizer below
-    return attach(model, adapter, total_steps=total_steps, base=base)
+    if adapter.name == "qalora":  # its layer needs a real QuantLinear under it to dispatch on
+        raise NotImplementedError("the memory predictor does not size QA-LoRA yet; predict adapter=lora (its A has "
+                                  "group_size times more inputs, the rest is the same)")
+    return attach(model, adapter, total_steps=total_steps)
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

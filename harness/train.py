@@ -162,8 +162,7 @@ def plan(cfg: TrainConfig) -> Plan:
     qcfg.compute_dtype = dtype
     module, kind = resolve_layer(cfg.module, qcfg, acfg)
     base = acfg.check_base(None if qcfg.name == "none" else qcfg, kind)
-    if hasattr(acfg, "check_schedule"):
-        acfg.check_schedule(settings.steps)
+    acfg.check_steps(settings.steps)
     if model.source == "tiny" and settings.seq_len > model.max_positions:
         raise ValueError(f"train.seq_len={settings.seq_len} exceeds model.max_positions={model.max_positions}")
     out = cfg.output_dir or f"results/train/{model.name}/{quantizer_label(qcfg)}-{acfg.name}-r{acfg.rank}"
@@ -346,6 +345,8 @@ def run(cfg: TrainConfig) -> dict[str, float]:
         "train_tokens": p.train.tokens_per_step * p.train.steps, "train_seconds": train_seconds,
         "train_tokens_per_second": p.train.tokens_per_step * p.train.steps / train_seconds,
         "peak_memory_bytes": peak_bytes,
+        # CUDA: what the caching allocator held at its peak (>= allocated); CPU: the same as the peak
+        "peak_memory_reserved_bytes": peak.reserved_bytes if p.device.type == "cuda" else peak_bytes,
         **memory_rows(memory, peak_bytes),
         "bits_per_param": report.bits_per_param if report.layers else torch.finfo(getattr(torch, p.compute_dtype)).bits,
     }

@@ -3,9 +3,10 @@
 The eager torch path makes five or six passes over a weight-sized buffer (unpack, gather, pad, multiply,
 cast); on a CPU that is memory- and allocation-bound, so fusing them is what makes the reference as
 fast as bitsandbytes. The kernel is a page of C, built with the system C compiler the first time a
-weight is dequantized (well under a second, once per process) and called through ctypes. It runs on
-torch.get_num_threads() OpenMP threads of the pool torch itself uses. Where the CPU has AVX-512 the
-4-bit lookups are register shuffles; elsewhere plain C loops give the same bits.
+weight is dequantized (well under a second, once per process) and called through ctypes. It runs on up
+to torch.get_num_threads() OpenMP threads of the pool torch itself uses (one for weights under 1M elements).
+Where the CPU has AVX-512 the 4-bit lookups are register shuffles, and with AVX2 those into fp32;
+elsewhere plain C loops give the same bits.
 
 It does the same fp32 operations in the same order as the eager path, so the two agree bit for bit:
     out[i] = cast((table[code(i)] - zero[i // group]) * scale[i // group] + offset)
@@ -35,7 +36,7 @@ _SOURCE = r"""
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -90,6 +91,37 @@ static inline int64_t shuffle_f32(const uint8_t *p, int64_t pairs, const float *
     return j;
 }
 #define SHUFFLE_F32 shuffle_f32
+#elif defined(__AVX2__)
+/* AVX2 (most x86 CPUs without AVX-512): a permute reads 8 entries, so the 16 results sit in two
+   registers, both are looked up and bit 3 of the code picks one. 8 bytes (16 results) an iteration: each
+   byte is doubled, widened to 32 bits, and shifted by 4 or 0 so the high nibble lands first. */
+static inline int64_t shuffle_f32(const uint8_t *p, int64_t pairs, const float *lut, float *o) {
+    const __m256 lo = _mm256_loadu_ps(lut), hi = _mm256_loadu_ps(lut + 8);
+    const __m256i shifts = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0), low = _mm256_set1_epi32(15);
+    const __m128i twice = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    int64_t j = 0;
+    for (; j + 8 <= pairs; j += 8) {
+        __m128i b = _mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)(p + j)), twice);
+        __m256i i0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(b), shifts), low);
+        __m256i i1 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(b, b)), shifts), low);
+        __m256 v0 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, i0), _mm256_permutevar8x32_ps(hi, i0),
+                                     _mm256_castsi256_ps(_mm256_slli_epi32(i0, 28)));
+        __m256 v1 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, i1), _mm256_permutevar8x32_ps(hi, i1),
+                                     _mm256_castsi256_ps(_mm256_slli_epi32(i1, 28)));
+        _mm256_storeu_ps(o + 2 * j, v0);
+        _mm256_storeu_ps(o + 2 * j + 8, v1);
+    }
+    return j;
+}
+#define SHUFFLE_F32 shuffle_f32
+/* lut_f32's 16 results computed as two vectors (the same sub, mul, add per value, so the same bits) and
+   stored whole: scalar stores would stall the vector loads that read them back (see below). */
+static inline void lut_f32_avx2(const float *table, float z, float s, float offset, float *lut) {
+    const __m256 vz = _mm256_set1_ps(z), vs = _mm256_set1_ps(s), voff = _mm256_set1_ps(offset);
+    _mm256_storeu_ps(lut, _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(table), vz), vs), voff));
+    _mm256_storeu_ps(lut + 8, _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(table + 8), vz), vs), voff));
+}
+#define LUT_F32_AVX2 lut_f32_avx2
 #else
 #define SHUFFLE_F32 NO_SHUFFLE
 #endif
@@ -133,7 +165,11 @@ static inline void lut_f16_avx512(const float *table, float z, float s, float of
 #define LUT_F16 lut_f16_avx512
 #else
 #define SHUFFLE_U16 NO_SHUFFLE
+#if defined(LUT_F32_AVX2)
+#define LUT_F32 LUT_F32_AVX2
+#else
 #define LUT_F32 lut_f32
+#endif
 #define LUT_BF16 lut_bf16
 #define LUT_F16 lut_f16
 #endif
@@ -189,8 +225,12 @@ _FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-shared"]
 # tried in turn until one builds and loads: the library is built on the machine that runs it, so it may
 # use all of its instructions; the later ones are for compilers without OpenMP or without the flag
 _ARCH_FLAGS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
-# below this many elements per thread, fewer threads: waking one costs more than it saves
-_PER_THREAD_MIN = 1 << 18
+# below this many elements per thread, fewer threads: waking one costs more than it saves. 1 << 19 (2 MB of
+# fp32 output, ~0.1 ms on one core) keeps small models' layers (SmolLM2's are 0.1-0.9 M elements) on the
+# calling thread: an OpenMP region needs every thread of its team on a core at once, and where another
+# process holds a core (2-core machines, shared runners) a 2-thread region there measured ~8 ms whatever
+# its size, against 0.05-0.6 ms of work, 20x the single-thread time (benchmarks/layer_cost.py).
+_PER_THREAD_MIN = 1 << 19
 _HUGE_PAGES_MIN = 4 << 20  # bytes; a buffer smaller than two huge pages gains nothing
 
 _lock = threading.Lock()
@@ -283,9 +323,10 @@ def dequantize(
     lib = library()
     if lib is None:
         return None
-    q = qdata.reshape(-1).contiguous().view(torch.uint8)
-    table, scale = table.float().contiguous(), scale.float().reshape(-1).contiguous()
-    zero = zero.float().reshape(-1).contiguous() if zero is not None else None
+    q = _flat(qdata)
+    q = q if q.dtype == torch.uint8 else q.view(torch.uint8)
+    table, scale = _flat(table, torch.float32), _flat(scale, torch.float32)
+    zero = _flat(zero, torch.float32) if zero is not None else None
     off = float(offset) if offset is not None else -0.0  # -0.0: adding it changes nothing
     out = torch.empty(n, dtype=dtype)
     if n * out.element_size() >= _HUGE_PAGES_MIN:
@@ -296,3 +337,13 @@ def dequantize(
         off, group, out.data_ptr(), n, threads,
     )
     return out
+
+
+def _flat(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """t as a contiguous 1-D tensor of `dtype` (default: its own), calling torch only where something changes:
+    this runs for every layer of every forward, where no-op casts and reshapes cost more than the kernel."""
+    if dtype is not None and t.dtype != dtype:
+        t = t.to(dtype)
+    if t.dim() != 1:
+        t = t.reshape(-1)
+    return t if t.is_contiguous() else t.contiguous()

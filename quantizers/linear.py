@@ -209,6 +209,10 @@ _HANDLERS = {
 }
 
 
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 class _QuantizedLinear(torch.autograd.Function):
     """y = x W^T + b with W dequantized on the fly, in the compute dtype (or autocast's dtype when active)."""
 
@@ -219,11 +223,14 @@ class _QuantizedLinear(torch.autograd.Function):
         dtype = torch.get_autocast_dtype(device_type) if autocast else weight.dtype
         ctx.weight, ctx.dtype, ctx.x_dtype = weight, dtype, x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
-        with torch.autocast(device_type, enabled=False):
-            y = F.linear(x.to(dtype), weight.dequantize(dtype), None if bias is None else bias.to(dtype))
-        # under autocast the output is in autocast's dtype, as F.linear's would be; otherwise in x's dtype,
-        # so a bf16-compute layer inside an fp32 model hands fp32 on
-        return y if autocast else y.to(x.dtype)
+        # every layer of every forward passes here, so no-op casts and contexts are skipped, not called:
+        # on a small model their dispatch costs as much as the dequantization itself
+        args = (_cast(x, dtype), weight.dequantize(dtype), None if bias is None else _cast(bias, dtype))
+        if autocast:
+            with torch.autocast(device_type, enabled=False):
+                return F.linear(*args)  # in autocast's dtype, as F.linear's output would be
+        # otherwise in x's dtype, so a bf16-compute layer inside an fp32 model hands fp32 on
+        return _cast(F.linear(*args), x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -231,7 +238,7 @@ class _QuantizedLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # computed in the forward's dtype whatever dtype the gradient arrives in (autocast may differ)
             w = ctx.weight.dequantize(ctx.dtype)
-            grad_x = (grad_out.to(ctx.dtype) @ w).to(ctx.x_dtype)
+            grad_x = _cast(_cast(grad_out, ctx.dtype) @ w, ctx.x_dtype)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(ctx.bias_dtype)
         return grad_x, None, grad_bias

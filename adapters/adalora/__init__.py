@@ -42,7 +42,7 @@ class AdaLoraConfig(AdapterConfig):
             if not 0 < getattr(self, field_name) < 1:
                 raise ValueError(f"adalora.{field_name}={getattr(self, field_name)} must be in (0, 1)")
 
-    def check_schedule(self, total_steps: int) -> None:
+    def check_steps(self, total_steps: int) -> None:
         if self.tinit + self.tfinal >= total_steps:
             raise ValueError(
                 f"adalora.tinit={self.tinit} + adalora.tfinal={self.tfinal} must be below the number of training "
@@ -52,7 +52,7 @@ class AdaLoraConfig(AdapterConfig):
     def peft_config(self, model, total_steps: int, base: dict):
         import peft
 
-        self.check_schedule(total_steps)
+        self.check_steps(total_steps)
         return peft.AdaLoraConfig(
             init_r=self.init_r, target_r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
             tinit=self.tinit, tfinal=self.tfinal, deltaT=self.deltaT, beta1=self.beta1, beta2=self.beta2,
