@@ -9,6 +9,8 @@ COMMANDS = {
     "eval": "harness.cli.eval",
     "train": "harness.cli.train",
     "memory": "harness.cli.memory",
+    "sweep": "harness.cli.sweep",
+    "collect": "harness.cli.collect",
 }
 
 

@@ -137,6 +137,9 @@ def register_configs() -> None:
     from harness.train import TrainConfig
 
     cs.store(name="train_schema", node=TrainConfig)
+    from harness.runner import SweepConfig
+
+    cs.store(name="sweep_schema", node=SweepConfig)
     from harness.memory_model import MemoryConfig
 
     cs.store(name="memory_schema", node=MemoryConfig)

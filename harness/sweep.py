@@ -1,0 +1,176 @@
+"""A sweep before and after Hydra runs it: every cell composed and validated up front, every record collected.
+
+Hydra's multirun does the running (its BasicSweeper expands the grid, its launcher runs the cells: in this
+process, in joblib workers, or as SLURM jobs through submitit). Here, before it starts, the same expansion is
+done with Hydra's own parser and BasicSweeper.split_arguments, and each cell is composed with Hydra's compose
+API and planned (harness.train.plan), so a malformed grid or a bad value stops the sweep before the first cell
+with one line naming it. After it ends, `collect` reads every record into one tidy table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import EXPERIMENTS_DIR
+from harness.records import read_records, write_atomic
+from harness.user_error import UserError, message, validating
+
+
+@dataclass
+class Cell:
+    overrides: list[str]  # the job's overrides, as Hydra will pass them
+    hash: str
+    status: str = "planned"  # planned | skipped (an incompatible pair, with its reason)
+    reason: str = ""
+
+
+@dataclass
+class SweepPlan:
+    name: str
+    output_dir: Path
+    cells: list[Cell] = field(default_factory=list)
+
+
+def expand(overrides: list[str], grid_params: dict) -> list[list[str]]:
+    """Hydra's BasicSweeper expansion: the grid's hydra.sweeper.params, then the command line (a key given on the
+    command line replaces the grid's axis), as a cartesian product -> one override list per cell."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    lines = [f"{k}={v}" for k, v in grid_params.items()] + list(overrides)
+    with validating("grid"):
+        parsed = parser.parse_overrides(lines)
+        return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def plan_sweep(overrides: list[str], config_name: str = "sweep") -> SweepPlan:
+    """Compose and validate every cell of the sweep the command line describes; raises UserError on the first
+    mistake. Incompatible pairs are kept as skipped cells."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from adapters.base import IncompatibleError
+    from harness.config import register_configs
+    from harness.runner import cell_hash, sweep_config
+    from harness.train import plan
+
+    register_configs()
+    with validating("command line"):
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=str(EXPERIMENTS_DIR), version_base=None):
+        with validating():
+            top = compose(config_name=config_name, overrides=fixed, return_hydra_config=True)
+        params = OmegaConf.select(top, "hydra.sweeper.params")
+        params = {} if params is None else OmegaConf.to_container(params, resolve=False) \
+            if OmegaConf.is_config(params) else params
+        if not isinstance(params, dict):
+            raise UserError(f"grid: hydra.sweeper.params must map config keys to comma-separated values, got {params!r}")
+        result, corpora = None, set()
+        for overrides_of_cell in expand(overrides, params):
+            label = " ".join(overrides_of_cell)
+            with validating(f"cell [{label}]"):
+                node = compose(config_name=config_name, overrides=overrides_of_cell)
+                config = sweep_config(node)
+            if result is None:
+                result = SweepPlan(config.sweep.name, Path(config.output_dir))
+            cell = Cell(overrides_of_cell, cell_hash(node))
+            try:
+                with validating(f"cell [{label}]"):
+                    plan(config)
+                    if config.match_budget:
+                        from harness.runner import with_budget
+
+                        config, budget = with_budget(config)
+                        plan(config)
+                        cell.reason = f"rank {budget['rank']}: {budget['trainable_params']:,} trainable parameters"
+            except UserError as err:
+                if not isinstance(err.__cause__, IncompatibleError):
+                    raise
+                cell.status, cell.reason = "skipped", message(err.__cause__)
+            result.cells.append(cell)
+            corpora.add(OmegaConf.to_yaml(node.data))
+    for text in corpora:
+        check_corpus(OmegaConf.create(text))
+    return result
+
+
+def check_corpus(node: DictConfig) -> None:
+    """The corpus loads and none of its splits is empty (cheap: text only, no model)."""
+    from harness.data import data_config, load_corpus
+
+    with validating("data"):
+        corpus = load_corpus(data_config(node))
+    for split in ("train", "validation", "test"):
+        if not getattr(corpus, split).strip():
+            raise UserError(f"data: the {split} split of corpus {corpus.name!r} is empty; give a file with enough "
+                            "text for three splits (data.path), or another corpus")
+
+
+# ---------------------------------------------------------------- records -> one table
+
+
+# override keys that the describing columns already hold (resolved: the quantizer's label, the matched rank)
+DESCRIBED = {"adapter.rank": "rank", "adapter.targets": "targets", "train.seed": "seed", "train.steps": "steps",
+             "train.lr": "lr"}
+
+
+def tidy(records: list[dict]) -> pd.DataFrame:
+    """One row per cell x metric: cell, status, error, the describing fields (model, quantizer, adapter, rank,
+    targets, seed, steps, lr), every overridden key as its own column, then metric and value. A cell without
+    metrics (skipped, failed) keeps one row with metric and value empty."""
+    rows = []
+    for record in records:
+        swept = {}
+        for line in record.get("overrides", []):
+            key, _, value = line.partition("=")
+            key = key.lstrip("+~")
+            key = DESCRIBED.get(key, key)
+            if key.startswith("hydra") or key in ("grid", "output_dir") or key in record["cell"]:
+                continue  # the launcher's settings, where it is written, or already a describing column
+            swept[key] = value
+        base = {"cell": record["config_hash"], "status": record["status"], "error": record.get("error", ""),
+                **record["cell"], **swept}
+        metrics = record.get("metrics") or {}
+        rows += [base | {"metric": k, "value": float(v)} for k, v in metrics.items()] or [
+            base | {"metric": None, "value": float("nan")}]
+    frame = pd.DataFrame(rows)
+    for column in frame.columns.difference(["cell", "status", "error", "metric", "value"]):
+        converted = pd.to_numeric(frame[column], errors="coerce")  # swept numbers arrive as override strings
+        if converted.notna().sum() == frame[column].notna().sum():
+            frame[column] = converted
+    return frame
+
+
+def collect(sweep_dir: Path | str) -> pd.DataFrame:
+    """Every record of a sweep folder -> results.parquet and results.csv beside them (written atomically)."""
+    sweep_dir = Path(sweep_dir)
+    records = read_records(sweep_dir)
+    if not records:
+        raise UserError(f"no records under {sweep_dir}/cells/*/record.json; is {sweep_dir} a sweep's output_dir?")
+    frame = tidy(records)
+    write_atomic(sweep_dir / "results.csv", frame.to_csv(index=False))
+    tmp = sweep_dir / ".results.parquet.tmp"
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(sweep_dir / "results.parquet")
+    return frame
+
+
+def summary(frame: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
+    """Per cell (in `order` when given, only those): status, the columns that vary, the headline metrics."""
+    if order is not None:
+        frame = frame[frame.cell.isin(order)]
+    cells = frame.drop_duplicates("cell").set_index("cell")
+    keep = ["status", "model", "quantizer", "adapter", "rank"]
+    keys = keep + [c for c in cells.columns if c not in keep + ["metric", "value", "error"]
+                   and cells[c].nunique(dropna=False) > 1]
+    cells = cells[keys].reindex([c for c in order if c in cells.index] if order is not None else cells.index)
+    wanted = ["perplexity_full_precision", "perplexity_before", "perplexity_after", "perplexity_merged",
+              "trainable_params", "train_tokens_per_second"]
+    values = frame[frame.metric.isin(wanted)].pivot_table(index="cell", columns="metric", values="value")
+    return cells.join(values[[w for w in wanted if w in values.columns]])

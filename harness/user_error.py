@@ -1,0 +1,77 @@
+"""User errors: a bad config, name or input file. The CLI prints them as one line and exits 2, no traceback.
+
+Only the validation stage of a command (everything decided before any weight is loaded) turns exceptions into
+user errors, with `validating()`. An exception later, during the work itself, is a bug or a runtime failure and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import functools
+import re
+import sys
+
+from omegaconf.errors import OmegaConfBaseException
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; the message names the field, the value and what is accepted."""
+
+
+def message(exc: BaseException) -> str:
+    """The exception's text on one line (KeyError quotes its argument; Hydra's messages span lines and keep the
+    useful part, such as which key a schema lacks, in their cause)."""
+    text = str(exc.args[0] if isinstance(exc, KeyError) and type(exc).__str__ is KeyError.__str__ and exc.args
+               else exc)
+    missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if missing:  # Hydra lists every option, schemas included, then its search path: say it shorter
+        group, name = missing.groups()
+        options = re.findall(r"^\t(\S+)$", text, flags=re.M)
+        options = [o for o in options if not o.endswith("_schema")]
+        close = difflib.get_close_matches(name, options, n=1)
+        return (f"{group}={name} does not exist." + (f" Did you mean {group}={close[0]}?" if close else "")
+                + f" Available {group} options: {', '.join(options)}")
+    cause = exc.__cause__
+    schema = getattr(cause, "object_type", None)
+    key = getattr(cause, "key", None)
+    if "Could not override" in text and dataclasses.is_dataclass(schema) and key is not None:
+        fields = [f.name for f in dataclasses.fields(schema)]  # a misspelt key: what the schema has
+        close = difflib.get_close_matches(str(key), fields, n=1)
+        full = getattr(cause, "full_key", key)
+        return (f"{full} is not a field of {schema.__name__}." + (f" Did you mean {close[0]}?" if close else "")
+                + f" Accepted fields: {', '.join(fields)}")
+    if cause is not None and isinstance(cause, OmegaConfBaseException):
+        text += ": " + str(cause).split("\n")[0]
+    return " ".join(text.split())
+
+
+@contextlib.contextmanager
+def validating(what: str = ""):
+    """Turn what a validation stage raises (bad values, unknown names, missing files) into a UserError."""
+    from hydra.errors import HydraException
+    from yaml import YAMLError
+
+    try:
+        yield
+    except UserError:
+        raise
+    except (ValueError, KeyError, TypeError, FileNotFoundError, OmegaConfBaseException, HydraException,
+            YAMLError) as exc:  # YAMLError: a malformed YAML file (a grid), with its path and line
+        raise UserError((f"{what}: " if what else "") + message(exc)) from exc
+
+
+def exits_on_user_error(main):
+    """Decorate a command's entry point: a UserError prints `error: <message>` on stderr and exits with 2."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapped
