@@ -61,8 +61,8 @@ class DataConfig:
                 f"data.path is required for corpus {self.name!r}; set data.path=/path/to/your/file"
             )
         if self.name in FILE_CORPORA and not Path(self.path).expanduser().is_file():
-            raise FileNotFoundError(f"data.path={self.path!r}: no such file; set data.path to an existing "
-                                    f"{'JSONL' if self.name == 'jsonl' else 'text'} file")
+            raise CorpusError(f"data.path={self.path!r} is not a file; set data.path to an existing "
+                              f"{'JSONL' if self.name == 'jsonl' else 'text'} file")
         if self.split_by not in SPLIT_BY:
             raise ValueError(f"data.split_by={self.split_by!r} is not supported; use one of {list(SPLIT_BY)}")
         if not isinstance(self.block_size, int) or self.block_size < 1:

@@ -33,8 +33,20 @@ from adapters.base import IncompatibleError
 from harness.config import validated
 from harness.device import resolve_device
 from harness.records import config_hash, run_metadata, write_record
-from harness.train import (Plan, TrainConfig, attach_adapter, build_base, data_for, evaluate, plan, quantizer_label,
-                           resolved, train_and_evaluate, train_config, write_outputs)
+from harness.train import (
+    Plan,
+    TrainConfig,
+    attach_adapter,
+    build_base,
+    data_for,
+    evaluate,
+    plan,
+    quantizer_label,
+    resolved,
+    train_and_evaluate,
+    train_config,
+    write_outputs,
+)
 from harness.user_error import message
 
 LOGGERS = ("none", "tensorboard")
@@ -69,9 +81,11 @@ class SweepConfig(TrainConfig):
         super().__post_init__()
         if self.match_budget is not None:
             name, _, rank = self.match_budget.partition(":")
-            if not rank.isdigit() or int(rank) < 1:
-                raise ValueError(f"match_budget={self.match_budget!r} is not accepted; write ADAPTER:RANK, "
-                                 "e.g. lora:8 (match the trainable parameters of LoRA r=8)")
+            from harness.registry import ADAPTERS
+
+            if not rank.isdigit() or int(rank) < 1 or name not in ADAPTERS.names():
+                raise ValueError(f"match_budget={self.match_budget!r} is not accepted; write ADAPTER:RANK with an "
+                                 f"adapter of {ADAPTERS.names()}, e.g. lora:8 (the trainable parameters of LoRA r=8)")
         if self.logger not in LOGGERS:
             raise ValueError(f"logger={self.logger!r} is not accepted; use one of {list(LOGGERS)}")
         if self.logger == "tensorboard":

@@ -29,7 +29,7 @@ def message(exc: BaseException) -> str:
     missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
     if missing:  # Hydra lists every option, schemas included, then its search path: say it shorter
         group, name = missing.groups()
-        options = re.findall(r"^\t(\S+)$", text, flags=re.M)
+        options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
         options = [o for o in options if not o.endswith("_schema")]
         close = difflib.get_close_matches(name, options, n=1)
         return (f"{group}={name} does not exist." + (f" Did you mean {group}={close[0]}?" if close else "")

@@ -259,7 +259,7 @@ def test_cache_dir_defaults_to_env(monkeypatch, tmp_path):
     assert DataConfig().cache_dir == str(tmp_path)
 
 
-def test_yamls_compose_into_valid_configs():
+def test_yamls_compose_into_valid_configs(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.config_store import ConfigStore
 
@@ -270,7 +270,8 @@ def test_yamls_compose_into_valid_configs():
     assert yamls == ["janeausten", "jsonl", "text_file", "wikitext2"]
     with initialize_config_dir(str(EXPERIMENTS_DIR), version_base=None):
         for name in yamls:
-            cfg = data.data_config(compose(overrides=[f"+data={name}", "++data.path=/some/file"]).data)
+            (tmp_path / "corpus").write_text("text")  # file corpora check that data.path is a file
+            cfg = data.data_config(compose(overrides=[f"+data={name}", f"++data.path={tmp_path / 'corpus'}"]).data)
             assert cfg.name == name and cfg.block_size == DataConfig.block_size
         with pytest.raises(ValueError, match="data.path is required"):
             data.data_config(compose(overrides=["+data=text_file"]).data)
