@@ -95,6 +95,10 @@ class EvalConfig:
     max_tokens: int = 16384  # 0: the whole split
     tasks: list[str] = field(default_factory=list)  # lm-eval task names from experiments/lm_eval_tasks/
     task_limit: int | None = None
+    # lm-eval loglikelihood requests: packed rows per forward pass (harness.packed_scoring); 1: lm-eval's own
+    # one-request-at-a-time path, the reference. On a CPU a pass also stops at 1,024 tokens, so 16 binds only
+    # for short rows; on a GPU there is no token cap.
+    task_batch_size: int = 16
     output_dir: str = "results/eval"
     paper: PaperConfig | None = None
 
@@ -111,6 +115,9 @@ class EvalConfig:
             raise ValueError(f"eval.context_length={self.context_length} must be at least 2")
         if self.stride is not None and not 1 <= self.stride <= self.context_length:
             raise ValueError(f"eval.stride={self.stride} must be between 1 and context_length={self.context_length}")
+        if self.task_batch_size < 1:
+            raise ValueError(f"eval.task_batch_size={self.task_batch_size} must be at least 1 "
+                             "(1: lm-eval's own unbatched scoring; 16: the default)")
         if self.max_tokens < 0:
             raise ValueError(f"eval.max_tokens={self.max_tokens} must be >= 0 (0 evaluates the whole split)")
 

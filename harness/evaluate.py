@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -85,12 +86,20 @@ def perplexity(model: nn.Module, ids: torch.Tensor, context_length: int = 1024, 
 
 
 def lm_eval_model(model: nn.Module, tokenizer, max_length: int = 1024, batch_size: int = 1):
-    """Wrap an in-memory (quantized or adapted) model for lm-eval. HFLM leaves the model in eval mode."""
+    """Wrap an in-memory (quantized or adapted) model for lm-eval. HFLM leaves the model in eval mode.
+
+    batch_size 1: lm-eval's own scoring, one request per forward pass (the reference path). Above 1: that many
+    packed rows per forward pass (harness.packed_scoring): the same scores, 1.4-2.6x faster on 2 CPU cores.
+    """
     from lm_eval.models.huggingface import HFLM
+
+    from harness.packed_scoring import PackedHFLM
 
     guard_bnb_repack(model)  # HFLM calls model.eval(); later training must not meet repacked weights
     device = str(next(model.parameters()).device)
-    return HFLM(pretrained=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size, device=device)
+    wrapper = PackedHFLM if batch_size > 1 else HFLM
+    return wrapper(pretrained=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size,
+                   device=device)
 
 
 def lm_eval_rolling_nll(model: nn.Module, tokenizer, text: str, max_length: int = 1024) -> tuple[float, int]:
@@ -105,33 +114,56 @@ def lm_eval_rolling_nll(model: nn.Module, tokenizer, text: str, max_length: int 
     return -loglik, len(lm.tok_encode(text))
 
 
-def local_task_dir(task_yamls: list[Path]) -> Path:
-    """Copy task YAMLs into a temporary include dir with `data_files` made absolute.
+def local_task_dir(task_yamls: list[Path], built: dict[str, Path] | None = None) -> Path:
+    """Copy task YAMLs (and the Python helpers beside them) into a temporary include dir, `data_files` absolute.
 
-    Shipped task files name their JSONL data relative to themselves; lm-eval would resolve such paths against
-    the working directory, so they are rewritten before lm-eval reads them.
+    Task files name their data relative to themselves (or with ~); lm-eval would resolve such paths against the
+    working directory, so they are rewritten before lm-eval reads them. `!function helpers.fn` entries (as in
+    lm-eval's own HellaSwag and WinoGrande YAMLs) are imported from the YAML's folder, hence the .py copies.
+    `built`: task name -> the data file the harness built for it (harness.tasks.BUILT_TASKS).
     """
+    from harness.tasks import DATA_FILES, data_path
+
     out = Path(tempfile.mkdtemp(prefix="harness-tasks-"))
     for path in task_yamls:
         text = path.read_text()
-        folder = path.parent
-        text = re.sub(r"(data_files:\s*\{?\s*\w+:\s*)([^\s,}]+)",
-                      lambda m, folder=folder: m.group(1) + str((folder / m.group(2)).resolve()), text)
+        task = re.search(r"^task:\s*(\S+)", text, re.MULTILINE)
+        data = (built or {}).get(task.group(1) if task else "")
+        text = DATA_FILES.sub(lambda m, path=path, data=data: m.group(1) + str(data or data_path(path, m.group(2))),
+                              text)
         (out / path.name).write_text(text)
+        for helper in path.parent.glob("*.py"):
+            shutil.copy(helper, out / helper.name)
     return out
 
 
-def run_lm_eval_tasks(model: nn.Module, tokenizer, tasks: list[str], task_files: list[Path],
-                      limit: int | None = None, num_fewshot: int = 0, max_length: int = 1024) -> dict[str, dict]:
-    """Zero-shot (or few-shot) lm-eval tasks from local task files -> {task: {metric: value}}."""
+def simple_evaluate_local(model: nn.Module, tokenizer, tasks: list[str], task_files: list[Path],
+                          limit: int | None = None, num_fewshot: int = 0, max_length: int = 1024,
+                          batch_size: int = 1, log_samples: bool = False) -> dict:
+    """lm-eval's simple_evaluate on local task files -> its whole output (with per-item `samples` if asked).
+
+    Tasks whose data the harness builds (austen_cloze) are built here at first use, into the default cache.
+    """
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=str(local_task_dir(task_files)))
+    from harness.tasks import built_task_data
+
+    built = {task: data.path for task, data in built_task_data(tasks).items()}
+    # local task files only: indexing lm-eval's thousands of built-in task YAMLs took ~9 s per call on 2 cores
+    manager = TaskManager(include_path=str(local_task_dir(task_files, built)), include_defaults=False)
     was_training = model.training
-    results = simple_evaluate(model=lm_eval_model(model, tokenizer, max_length), tasks=tasks, task_manager=manager,
-                              num_fewshot=num_fewshot, limit=limit, log_samples=False, bootstrap_iters=0,
-                              verbosity="ERROR")
+    lm = lm_eval_model(model, tokenizer, max_length, batch_size)
+    results = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, num_fewshot=num_fewshot, limit=limit,
+                              log_samples=log_samples, bootstrap_iters=0, verbosity="ERROR")
     model.train(was_training)
+    return results
+
+
+def run_lm_eval_tasks(model: nn.Module, tokenizer, tasks: list[str], task_files: list[Path],
+                      limit: int | None = None, num_fewshot: int = 0, max_length: int = 1024,
+                      batch_size: int = 1) -> dict[str, dict]:
+    """Zero-shot (or few-shot) lm-eval tasks from local task files -> {task: {metric: value}}."""
+    results = simple_evaluate_local(model, tokenizer, tasks, task_files, limit, num_fewshot, max_length, batch_size)
     return {task: {k.split(",")[0]: v for k, v in metrics.items() if isinstance(v, (int, float))}
             for task, metrics in results["results"].items()}

@@ -137,6 +137,19 @@ def load_model(cfg: ModelConfig) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
+def max_positions(cfg: ModelConfig, model: nn.Module | None = None) -> int | None:
+    """The most token positions the model accepts (None: not known yet, or the config states no limit).
+
+    Known before loading for tiny models and for models whose YAML gives `architecture`; every model states it
+    in its config once loaded (transformers maps GPT-2's n_positions to max_position_embeddings too).
+    """
+    if model is not None:
+        return getattr(model.config, "max_position_embeddings", None)
+    if cfg.source == "tiny":
+        return cfg.max_positions
+    return (cfg.architecture or {}).get("max_position_embeddings")
+
+
 # ---------------------------------------------------------------- sources
 
 

@@ -45,7 +45,8 @@ def evaluate_configuration(model, tokenizer, ids, cfg, label: str, quantizer_nod
         from harness.tasks import task_files
 
         for task, metrics in run_lm_eval_tasks(model, tokenizer, list(cfg.tasks), task_files(cfg.tasks),
-                                               limit=cfg.task_limit, max_length=cfg.context_length).items():
+                                               limit=cfg.task_limit, max_length=cfg.context_length,
+                                               batch_size=cfg.task_batch_size).items():
             values.update({f"{task}/{name}": value for name, value in metrics.items()})
     return [{"configuration": label, "metric": k, "value": float(v)} for k, v in values.items()]
 
@@ -54,8 +55,14 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     from harness.data import load_corpus, tokenize
     from harness.models import load_model
     from harness.paper_table import write_eval_outputs
+    from harness.tasks import built_task_data, task_files
 
-    model, tokenizer = load_model(OmegaConf.to_object(cfg.model))
+    task_files(cfg.tasks)  # an unknown task or a missing data file stops here, before the model is loaded
+    model_cfg = OmegaConf.to_object(cfg.model)
+    model, tokenizer = load_model(model_cfg)
+    check_context_length(cfg.context_length, model_cfg, model)  # some models state their limit only once loaded
+    # built tasks (austen_cloze) are built now, before any evaluation; their items' hash goes into run.json
+    task_data = {task: data.record() for task, data in built_task_data(cfg.tasks).items()}
     corpus = load_corpus(OmegaConf.to_object(cfg.data))
     ids = tokenize(getattr(corpus, cfg.split), tokenizer)
     if cfg.max_tokens:
@@ -77,7 +84,8 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         print(f"  {label:<16} perplexity {ppl:8.3f}  [{status}] {error}")
     frame = pd.DataFrame(rows).assign(model=cfg.model.name, corpus=corpus.name, split=cfg.split)
     frame = pd.concat([frame, increase_rows(frame)], ignore_index=True)
-    paths = write_eval_outputs(frame, cfg) + [write_run_json(cfg.output_dir, cfg, "eval")]
+    resolved = {"task_data": task_data} if task_data else None
+    paths = write_eval_outputs(frame, cfg) + [write_run_json(cfg.output_dir, cfg, "eval", resolved)]
     print("wrote " + ", ".join(str(p) for p in paths))
     return frame
 
@@ -91,16 +99,28 @@ def increase_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()[frame.columns]
 
 
+def check_context_length(context_length: int, model_cfg, model=None) -> None:
+    """Stop before any work when the evaluation windows are longer than the model's positions go."""
+    from harness.models import max_positions
+
+    limit = max_positions(model_cfg, model)
+    if limit is not None and context_length > limit:
+        raise ValueError(f"eval.context_length={context_length} is above the maximum positions of model "
+                         f"{model_cfg.name!r} ({limit}); set context_length to at most {limit}")
+
+
 def check(cfg: DictConfig) -> None:
     """Validate the whole eval config (model, data, every quantizer) before anything is loaded or evaluated."""
     from harness.config import EvalConfig, validated
     from harness.data import data_config
     from harness.models import model_config
+    from harness.tasks import task_files
 
     with validating():
         validated(EvalConfig, cfg)
-        model_config(cfg.model)
+        check_context_length(cfg.context_length, model_config(cfg.model))  # where the limit is known unloaded
         data_config(cfg.data)
+        task_files(cfg.tasks)
     for label, node in cfg.quantizers.items():
         with validating(f"quantizers.{label}"):
             quantizer_config(node)
