@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,9 +32,24 @@ class PerplexityResult:
     tokens_per_second: float
     context_length: int
     stride: int
+    # the scored tokens cut into consecutive segments of SEGMENT_TOKENS (the last may be shorter): summed NLL
+    # (nats) and token count of each, so two models scored on the same text can be compared segment by segment
+    segment_nll: list[float] = field(default_factory=list)
+    segment_tokens: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def losses(self) -> dict:
+        """The per-segment losses as a sweep record keeps them ({"nll": [...], "tokens": [...]})."""
+        return {"nll": self.segment_nll, "tokens": self.segment_tokens}
+
+
+# Segment length for paired comparisons. A paired bootstrap resamples segments, so they should be many (a 2,048-token
+# evaluation gives 16) yet long enough that neighbouring segments are not nearly the same draw (128 tokens is a
+# paragraph or two of the corpus); every segment is scored with its window's full context, so the cut changes
+# no loss, only how the losses are grouped.
+SEGMENT_TOKENS = 128
 
 
 def prefix_token_id(tokenizer) -> int | None:
@@ -64,7 +79,7 @@ def perplexity(model: nn.Module, ids: torch.Tensor, context_length: int = 1024, 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total_nll, scored = 0.0, 0
+    token_nll = []  # (tokens scored in the window,) per window, float64 so sums over 10^5 tokens stay exact
     t0 = time.perf_counter()
     try:
         for start in range(first, seq.numel(), stride):
@@ -73,13 +88,16 @@ def perplexity(model: nn.Module, ids: torch.Tensor, context_length: int = 1024, 
             inputs = seq[begin : end - 1].unsqueeze(0).to(device)
             targets = seq[start:end].to(device)
             logits = model(input_ids=inputs).logits[0, -(end - start):].float()
-            total_nll += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-            scored += end - start
+            token_nll.append(nn.functional.cross_entropy(logits, targets, reduction="none").double().cpu())
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - t0
-    nll = total_nll / scored
-    return PerplexityResult(math.exp(nll), nll, scored, seconds, scored / seconds, context_length, stride)
+    losses = torch.cat(token_nll)
+    scored = losses.numel()
+    segments = losses.split(SEGMENT_TOKENS)
+    nll = losses.sum().item() / scored
+    return PerplexityResult(math.exp(nll), nll, scored, seconds, scored / seconds, context_length, stride,
+                            [s.sum().item() for s in segments], [s.numel() for s in segments])
 
 
 # ---------------------------------------------------------------- lm-eval

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,9 @@ class LayerReport:
     bytes_before: int  # weight (+ bias) as stored before
     bytes_after: int  # codes, constants (+ bias) after
     bits_per_param: float  # of the quantized weight alone: codes + constants, no bias
+    # sum of w^2 and of (w - dequantized w)^2 over the layer's weights, in float64: what a pooled SQNR needs
+    signal: float = float("nan")
+    error: float = float("nan")
 
 
 @dataclass
@@ -72,12 +76,19 @@ class QuantizationReport:
         return bits / self.quantized_params if self.layers else float("nan")
 
     @property
+    def weight_sqnr_db(self) -> float:
+        """SQNR of the quantized layers' weights pooled over all of them: 10 log10(sum w^2 / sum err^2)."""
+        error = sum(layer.error for layer in self.layers)
+        return 10 * math.log10(sum(layer.signal for layer in self.layers) / error) if error > 0 else float("nan")
+
+    @property
     def compression(self) -> float:
         return self.bytes_before / self.bytes_after
 
     def as_dict(self) -> dict:
         return {**asdict(self), "replaced": len(self.layers), "quantized_params": self.quantized_params,
-                "bits_per_param": self.bits_per_param, "compression": self.compression}
+                "bits_per_param": self.bits_per_param, "weight_sqnr_db": self.weight_sqnr_db,
+                "compression": self.compression}
 
 
 # ---------------------------------------------------------------- storage
@@ -279,6 +290,15 @@ def _cast_parameters(model: nn.Module, dtype: torch.dtype) -> None:
             p.data = p.data.to(dtype)
 
 
+def _weight_error(weight: torch.Tensor, layer: nn.Module) -> tuple[float, float]:
+    """(sum w^2, sum (w - w_hat)^2) of a layer's weight against its quantized replacement's dequantized weight.
+    One dequantization per layer at quantization time: what the sweep's weight-error-vs-perplexity plot reads."""
+    from adapters.base_layer import dequantized_weight  # adapters' one view of every quantized layer kind
+
+    w = weight.detach().double()
+    return float(w.square().sum()), float((w - dequantized_weight(layer, torch.float64)).square().sum())
+
+
 @torch.no_grad()
 def quantize_model(model: nn.Module, quantizer_config: QuantizerConfig,
                    targets: Iterable[str] = DEFAULT_TARGETS, skip: Iterable[str] = DEFAULT_SKIP,
@@ -318,8 +338,9 @@ def quantize_model(model: nn.Module, quantizer_config: QuantizerConfig,
             weight_bytes = tensor_bytes(module_tensors(new)) - tensor_bytes(bias)
         params = linear.in_features * linear.out_features
         before, after = tensor_bytes(module_tensors(linear)), tensor_bytes(module_tensors(new))
+        signal, error = _weight_error(linear.weight, new)
         report.layers.append(LayerReport(name, type(new).__name__, params, before, after,
-                                         weight_bytes * 8 / params))
+                                         weight_bytes * 8 / params, signal, error))
         replacements.append((name, new))
     for name, new in replacements:
         _set_module(model, name, new)

@@ -25,6 +25,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -32,13 +33,16 @@ from omegaconf import DictConfig, OmegaConf
 from adapters.base import IncompatibleError
 from harness.config import validated
 from harness.device import resolve_device
+from harness.evaluate import SEGMENT_TOKENS, PerplexityResult
 from harness.records import config_hash, run_metadata, write_record
 from harness.train import (
     Plan,
     TrainConfig,
     attach_adapter,
+    base_metrics,
     build_base,
     data_for,
+    eval_context,
     evaluate,
     plan,
     quantizer_label,
@@ -51,7 +55,7 @@ from harness.user_error import message
 
 LOGGERS = ("none", "tensorboard")
 # composed keys that do not change a cell's result, left out of its hash
-NOT_IDENTITY = ("hydra", "sweep", "logger", "output_dir")
+NOT_IDENTITY = ("hydra", "sweep", "logger", "output_dir", "paper")
 
 
 @dataclass
@@ -76,9 +80,16 @@ class SweepConfig(TrainConfig):
     # "lora:8": every cell's adapter gets the rank whose trainable parameters come closest to LoRA r=8's on the
     # same targets (counted on the meta device); null: ranks as configured
     match_budget: str | None = None
+    # a paper reproduction (experiments/paper/*.yaml run through the sweep): what harness.paper_sweep prints
+    # beside our table; it does not change any cell
+    paper: Any = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.paper is not None:
+            from harness.paper_sweep import SweepPaper
+
+            validated(SweepPaper, self.paper)
         if self.match_budget is not None:
             name, _, rank = self.match_budget.partition(":")
             from harness.registry import ADAPTERS
@@ -100,7 +111,8 @@ def sweep_config(node: DictConfig) -> SweepConfig:
     base = train_config(node)
     config = SweepConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(TrainConfig)},
                          sweep=validated(SweepSettings, node.sweep), logger=node.logger,
-                         match_budget=OmegaConf.select(node, "match_budget"))
+                         match_budget=OmegaConf.select(node, "match_budget"),
+                         paper=OmegaConf.select(node, "paper"))
     return config
 
 
@@ -214,7 +226,8 @@ def run_cell(node: DictConfig, overrides: list[str] | None = None) -> dict:
     else:
         record["resolved"] = resolved(p)
         try:
-            record.update(status="ok", error="", metrics=execute(p, config))
+            metrics, losses = execute(p, config)
+            record.update(status="ok", error="", metrics=metrics, losses=losses)
         except Exception as exc:  # the sweep goes on; the record says what happened  # noqa: BLE001
             record.update(status="failed", error=f"{type(exc).__name__}: {message(exc)}",
                           traceback=traceback.format_exc(), metrics={})
@@ -223,33 +236,70 @@ def run_cell(node: DictConfig, overrides: list[str] | None = None) -> dict:
     return record
 
 
-def execute(p: Plan, config: SweepConfig) -> dict[str, float]:
-    """Quantize (or copy the cached base), evaluate, fine-tune, evaluate, merge, evaluate -> the metrics."""
+def execute(p: Plan, config: SweepConfig) -> tuple[dict[str, float], dict]:
+    """Quantize (or copy the cached base), evaluate, fine-tune, evaluate, merge, evaluate -> (the metrics, the
+    per-segment losses of every evaluation: what paired comparisons between cells read)."""
     sweep_dir = Path(config.output_dir)
     model, tokenizer, report, weights = quantized_base(p)
     blocks, ids = data_for(p, tokenizer)
     metrics = {}
+    losses = {"text": text_key(ids, eval_context(model, p)), "segment_tokens": SEGMENT_TOKENS}
     if config.sweep.reference:
-        metrics["perplexity_full_precision"] = cached(sweep_dir, reference_identity(p),
-                                                      lambda: reference_perplexity(p, ids))
+        reference = cached(sweep_dir, reference_identity(p), lambda: reference_perplexity(p, ids))
+        metrics["perplexity_full_precision"] = reference.perplexity
+        losses["full_precision"] = reference.losses()
     if weights is None:  # the adapter starts at zero: the attached model is the base, its evaluation shared
         before = cached(sweep_dir, before_identity(p), lambda: evaluate(model, ids, tokenizer, p))
-        model = attach_adapter(p, model)
+        model = attach_adapter(p, model) if p.train.steps else model
     else:  # an init that moves the weights (LoftQ): evaluated as attached
         model = attach_adapter(p, model, weights)
         before = evaluate(model, ids, tokenizer, p)
-    print(f"  perplexity before {before:.3f}")
-    trained, rows = train_and_evaluate(p, model, tokenizer, report, blocks, ids, before, config.merge)
-    metrics |= trained
+    print(f"  perplexity before {before.perplexity:.3f}")
+    if p.train.steps == 0:  # an evaluation-only cell (perplexity by data type): nothing is trained or saved
+        return metrics | base_metrics(p, report, before), losses | {"before": before.losses()}
+    trained, rows, stages = train_and_evaluate(p, model, tokenizer, report, blocks, ids, before, config.merge)
+    metrics |= trained | predicted_memory(p)
     write_outputs(p, config, metrics, rows, p.adapter.report(model))
     if config.logger == "tensorboard":
         write_tensorboard(p.output_dir / "tensorboard", rows, metrics)
-    return metrics
+    return metrics, losses | stages
+
+
+def text_key(ids: torch.Tensor, context: int) -> str:
+    """What makes two evaluations' segments pair up: the same token ids, windows and segment length."""
+    import hashlib
+
+    digest = hashlib.sha256(ids.to(torch.int64).numpy().tobytes())
+    digest.update(f"context={context},segment={SEGMENT_TOKENS}".encode())
+    return digest.hexdigest()
+
+
+def predicted_memory(p: Plan) -> dict[str, float]:
+    """The memory predictor's parts for this very run (meta device), as predicted_memory_<part>_bytes, beside
+    the measured memory_<part>_bytes. Frozen weights in the compute dtype; the adapter trains in fp32 (PEFT
+    keeps adapter weights fp32), so no master copy."""
+    from harness.memory_model import Scenario, predict
+
+    dtype = getattr(torch, p.compute_dtype)
+    optimizer = p.train.optimizer if p.train.optimizer != "auto" else (
+        "paged_adamw_32bit" if p.device.type == "cuda" else "adamw")
+    scenario = Scenario("cell", None if p.quantizer.name == "none" else p.quantizer, p.adapter,
+                        weight_bytes=torch.finfo(dtype).bits // 8, precision="fp32", optimizer=optimizer)
+    try:
+        parts = predict(p.model, scenario, p.train.batch_size, p.train.seq_len, p.train.gradient_checkpointing,
+                        compute_dtype=dtype)
+    except Exception as exc:  # noqa: BLE001  a prediction the predictor cannot make costs the rows, not the cell
+        print(f"  no memory prediction for this cell: {type(exc).__name__}: {exc}")
+        return {}
+    rows = {f"predicted_memory_{k}_bytes": v for k, v in parts.items() if k not in ("total", "trainable_params",
+                                                                                      "total_params")}
+    return rows | {"predicted_peak_memory_bytes": parts["total"]}
 
 
 # ---------------------------------------------------------------- shared work
 
 
+CACHE_FORMAT = 2  # 2: whole evaluations with their segment losses (1 held the perplexity alone)
 _BASE: dict = {}  # {hash: (model, tokenizer, report)}: the last quantized base this process built (CPU only)
 
 
@@ -283,7 +333,7 @@ def quantized_base(p: Plan):
     return copy.deepcopy(model), tokenizer, report, None
 
 
-def reference_perplexity(p: Plan, ids: torch.Tensor) -> float:
+def reference_perplexity(p: Plan, ids: torch.Tensor):
     from harness.models import load_model
 
     torch.manual_seed(p.train.seed)
@@ -291,19 +341,20 @@ def reference_perplexity(p: Plan, ids: torch.Tensor) -> float:
     return evaluate(model.to(p.device), ids, tokenizer, p)
 
 
-def cached(sweep_dir: Path, key_fields: dict, compute) -> float:
-    """compute() once per key for the whole sweep folder: <sweep>/bases/<hash>.json, under a file lock, so
-    processes racing for the same value compute it once (the others wait, then read it)."""
+def cached(sweep_dir: Path, key_fields: dict, compute) -> PerplexityResult:
+    """compute() (a PerplexityResult) once per key for the whole sweep folder: <sweep>/bases/<hash>.json, under a
+    file lock, so processes racing for the same evaluation compute it once (the others wait, then read it)."""
     import fcntl
 
+    key_fields = key_fields | {"format": CACHE_FORMAT}
     path = sweep_dir / "bases" / f"{config_hash(key_fields)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
-            return json.loads(path.read_text())["value"]
-        value = float(compute())
-        write_record(path, {"key": key_fields, "value": value})
+            return PerplexityResult(**json.loads(path.read_text())["value"])
+        value = compute()
+        write_record(path, {"key": key_fields, "value": value.as_dict()})
         return value
 
 

@@ -33,6 +33,7 @@ class SweepPlan:
     name: str
     output_dir: Path
     cells: list[Cell] = field(default_factory=list)
+    paper: dict | None = None  # a paper reproduction's block (experiments/paper/*.yaml), else None
 
 
 def expand(overrides: list[str], grid_params: dict) -> list[list[str]]:
@@ -78,7 +79,9 @@ def plan_sweep(overrides: list[str], config_name: str = "sweep") -> SweepPlan:
                 node = compose(config_name=config_name, overrides=overrides_of_cell)
                 config = sweep_config(node)
             if result is None:
-                result = SweepPlan(config.sweep.name, Path(config.output_dir))
+                paper = OmegaConf.select(node, "paper")
+                result = SweepPlan(config.sweep.name, Path(config.output_dir),
+                                   paper=None if paper is None else OmegaConf.to_container(paper, resolve=True))
             cell = Cell(overrides_of_cell, cell_hash(node))
             try:
                 with validating(f"cell [{label}]"):

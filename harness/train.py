@@ -37,7 +37,7 @@ MODULES = ("auto", "harness", "bitsandbytes")
 class TrainSettings:
     """`train.*` knobs."""
 
-    steps: int = 30  # optimizer steps
+    steps: int = 30  # optimizer steps; 0: no fine-tuning, the quantized base is evaluated only
     batch_size: int = 4  # sequences per micro-batch
     seq_len: int = 128  # tokens per sequence (packed blocks of the train split)
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -56,8 +56,9 @@ class TrainSettings:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_context"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"train.{name}={value!r} is not accepted; use a positive integer")
+            if not isinstance(value, int) or value < (0 if name == "steps" else 1):
+                zero = " (steps=0: evaluate the quantized base only)" if name == "steps" else ""
+                raise ValueError(f"train.{name}={value!r} is not accepted; use a positive integer{zero}")
         if not self.lr > 0:
             raise ValueError(f"train.lr={self.lr!r} is not accepted; use a positive learning rate (e.g. 3e-4)")
         if not 0 <= self.warmup_ratio < 1:
@@ -308,11 +309,15 @@ def _progress(s: TrainSettings):
     return tqdm(total=s.steps, desc="train", unit="step", dynamic_ncols=True)
 
 
-def evaluate(model, ids: torch.Tensor, tokenizer, p: Plan) -> float:
+def evaluate(model, ids: torch.Tensor, tokenizer, p: Plan):
+    """The perplexity evaluation every stage uses -> harness.evaluate.PerplexityResult (with segment losses)."""
     from harness.evaluate import perplexity, prefix_token_id
 
-    context = min(p.train.eval_context, _max_positions(model))
-    return perplexity(model, ids, context, prefix_token=prefix_token_id(tokenizer)).perplexity
+    return perplexity(model, ids, eval_context(model, p), prefix_token=prefix_token_id(tokenizer))
+
+
+def eval_context(model, p: Plan) -> int:
+    return min(p.train.eval_context, _max_positions(model))
 
 
 def _max_positions(model) -> int:
@@ -344,17 +349,33 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     model, tokenizer, report = build_model(p)
     blocks, ids = data_for(p, tokenizer)
     before = evaluate(model, ids, tokenizer, p)
-    print(f"  perplexity before {before:.3f} ({ids.numel()} {p.train.eval_split} tokens)")
-    metrics, rows = train_and_evaluate(p, model, tokenizer, report, blocks, ids, before, cfg.merge)
+    print(f"  perplexity before {before.perplexity:.3f} ({ids.numel()} {p.train.eval_split} tokens)")
+    if p.train.steps == 0:
+        metrics, rows = base_metrics(p, report, before), []
+    else:
+        metrics, rows, _ = train_and_evaluate(p, model, tokenizer, report, blocks, ids, before, cfg.merge)
     metrics["seconds"] = time.perf_counter() - started
     write_outputs(p, cfg, metrics, rows, p.adapter.report(model))
     return metrics
 
 
-def train_and_evaluate(p: Plan, model, tokenizer, report, blocks: torch.Tensor, ids: torch.Tensor, before: float,
-                       merge: bool) -> tuple[dict[str, float], list[dict]]:
+def base_metrics(p: Plan, report, before) -> dict[str, float]:
+    """What a run with train.steps=0 reports: the quantized base's perplexity, its bits and weight error."""
+    metrics = {"perplexity_before": before.perplexity, "bits_per_param": bits_per_param(p, report)}
+    if report.layers:
+        metrics["weight_sqnr_db"] = report.weight_sqnr_db
+    return metrics
+
+
+def bits_per_param(p: Plan, report) -> float:
+    return report.bits_per_param if report.layers else torch.finfo(getattr(torch, p.compute_dtype)).bits
+
+
+def train_and_evaluate(p: Plan, model, tokenizer, report, blocks: torch.Tensor, ids: torch.Tensor, before,
+                       merge: bool) -> tuple[dict[str, float], list[dict], dict]:
     """Fine-tune the attached adapter with its memory measured, evaluate, save the adapter into p.output_dir,
-    merge and evaluate again if asked -> (metrics, loss rows)."""
+    merge and evaluate again if asked -> (metrics, loss rows, per-segment losses of each stage).
+    before: the PerplexityResult of the attached model before training."""
     trainable, total = model.get_nb_trainable_parameters()
     memory = weight_bytes(model)
     release_freed_memory()  # so the peak below is the training's, not what loading left behind
@@ -365,11 +386,11 @@ def train_and_evaluate(p: Plan, model, tokenizer, report, blocks: torch.Tensor, 
     train_seconds = time.perf_counter() - train_start
     peak_bytes = training_peak(peak, start, memory, p.device)
     after = evaluate(model, ids, tokenizer, p)
-    print(f"  perplexity after  {after:.3f}")
+    print(f"  perplexity after  {after.perplexity:.3f}")
     p.output_dir.mkdir(parents=True, exist_ok=True)
     adapters.save(model, p.output_dir / "adapter", p.adapter)
     metrics = {
-        "perplexity_before": before, "perplexity_after": after,
+        **base_metrics(p, report, before), "perplexity_after": after.perplexity,
         "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"],
         "trainable_params": trainable, "total_params": total, "trainable_share": trainable / total,
         "train_tokens": p.train.tokens_per_step * p.train.steps, "train_seconds": train_seconds,
@@ -378,13 +399,25 @@ def train_and_evaluate(p: Plan, model, tokenizer, report, blocks: torch.Tensor, 
         # CUDA: what the caching allocator held at its peak (>= allocated); CPU: the same as the peak
         "peak_memory_reserved_bytes": peak.reserved_bytes if p.device.type == "cuda" else peak_bytes,
         **memory_rows(memory, peak_bytes),
-        "bits_per_param": report.bits_per_param if report.layers else torch.finfo(getattr(torch, p.compute_dtype)).bits,
     }
+    losses = {"before": before.losses(), "after": after.losses()}
     if merge:
         adapters.merge(model, p.adapter)
-        metrics["perplexity_merged"] = evaluate(model, ids, tokenizer, p)
+        metrics["merged_quantized_share"] = quantized_share(model)
+        merged = evaluate(model, ids, tokenizer, p)
+        metrics["perplexity_merged"] = merged.perplexity
+        losses["merged"] = merged.losses()
         print(f"  perplexity merged {metrics['perplexity_merged']:.3f}")
-    return metrics, rows
+    return metrics, rows, losses
+
+
+def quantized_share(model) -> float:
+    """Share of the adapted layers whose base still holds quantized storage (after a merge: did it stay
+    quantized, or did it fall back to a dense weight?)."""
+    from adapters.base_layer import layer_kind
+
+    layers = adapters.tuner_layers(model)
+    return sum(layer_kind(m.get_base_layer()) != "dense" for _, m in layers) / max(1, len(layers))
 
 
 def weight_bytes(model) -> dict[str, int]:
@@ -436,6 +469,7 @@ def resolved(p: Plan) -> dict[str, Any]:
 
 def write_outputs(p: Plan, cfg: TrainConfig, metrics: dict, rows: list[dict], extra: dict) -> None:
     out = p.output_dir
+    out.mkdir(parents=True, exist_ok=True)
     with open(out / "metrics.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["metric", "value"])

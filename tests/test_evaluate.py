@@ -54,6 +54,22 @@ def test_windows_score_every_token_once_with_its_context(tiny, context_length, s
     assert result.nll == pytest.approx(expected, rel=1e-5)
 
 
+def test_segment_losses_add_up_to_the_perplexity_and_follow_the_text(tiny):
+    from harness.evaluate import SEGMENT_TOKENS
+
+    model, tokenizer = tiny
+    ids = ids_of(tokenizer, TEXT * 3)
+    result = perplexity(model, ids, 32, prefix_token=prefix_token_id(tokenizer))
+    assert result.segment_tokens == [SEGMENT_TOKENS] * (ids.numel() // SEGMENT_TOKENS) + (
+        [ids.numel() % SEGMENT_TOKENS] if ids.numel() % SEGMENT_TOKENS else [])
+    # float64 sums of the same float32 token losses, grouped two ways: rounding only
+    assert sum(result.segment_nll) / result.tokens == pytest.approx(result.nll, rel=1e-12)
+    # each segment is its tokens' losses: the first segment of a longer text equals a text of that length alone
+    # when the windows align (context 32 divides 128), up to fp32 rounding of the same forward passes
+    head = perplexity(model, ids[:SEGMENT_TOKENS], 32, prefix_token=prefix_token_id(tokenizer))
+    assert head.segment_nll[0] == pytest.approx(result.segment_nll[0], rel=1e-6)
+
+
 @pytest.mark.parametrize("context_length", [32, 64])
 def test_perplexity_agrees_with_lm_eval_loglikelihood_rolling(tiny, context_length):
     model, tokenizer = tiny

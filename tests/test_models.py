@@ -6,6 +6,7 @@ installed.
 """
 
 import copy
+import math
 import importlib.util
 from pathlib import Path
 
@@ -332,3 +333,29 @@ def test_embedded_smollm2_loads_offline_and_caches_its_conversion(tmp_path, monk
     again, _ = load_model(cfg)
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_weight_sqnr_is_pooled_over_the_layers_and_agrees_across_backends():
+    from adapters.base_layer import dequantized_weight
+
+    model, _ = tiny("llama")
+    weights = {n: m.weight.detach().double().clone() for n, m in model.named_modules() if n.endswith("_proj")}
+    reports, models = {}, {}
+    for label, name, module in [("harness", "nf4", "harness"), ("bnb", "nf4", "bitsandbytes"),
+                                ("int8", "int8", "harness")]:
+        models[label] = copy.deepcopy(model)
+        reports[label] = quantize_model(models[label], quantizer(name), module=module)
+    # pooled, not averaged over layers: 10 log10(sum of w^2 / sum of errors^2) over all quantized weights, by
+    # hand from the original weights and each quantized layer's dequantized weight
+    report = reports["harness"]
+    signal = sum(float(weights[layer.name].square().sum()) for layer in report.layers)
+    error = sum(float((weights[layer.name] - dequantized_weight(models["harness"].get_submodule(layer.name),
+                                                                torch.float64)).square().sum())
+                for layer in report.layers)
+    # the same float64 sums in the same order
+    assert report.weight_sqnr_db == pytest.approx(10 * math.log10(signal / error), rel=1e-12)
+    # harness and bitsandbytes NF4 store the same codes and absmax (tested bit-exact elsewhere): the same error
+    # up to the float64 summation order
+    assert reports["harness"].weight_sqnr_db == pytest.approx(reports["bnb"].weight_sqnr_db, rel=1e-9)
+    # four more bits are worth ~6 dB each; int8's per-row absmax vs nf4's 64-blocks still leaves > 15 dB
+    assert reports["int8"].weight_sqnr_db > reports["harness"].weight_sqnr_db + 15

@@ -4,6 +4,7 @@ that stop before any work, atomic records and the tidy table."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -73,6 +74,44 @@ def test_shared_work_is_done_once(ranks_sweep):
     assert len(list((ranks_sweep / "bases").glob("*.json"))) == 2
     table = values(ranks_sweep)
     assert table["perplexity_before"].nunique() == 1 and table["perplexity_full_precision"].nunique() == 1
+
+
+def test_records_keep_the_segment_losses_of_every_evaluation(ranks_sweep):
+    records = read_records(ranks_sweep)
+    texts = {record["losses"]["text"] for record in records}
+    assert len(texts) == 1  # every cell scored the same 256 tokens in the same windows: their segments pair up
+    for record in records:
+        losses, metrics = record["losses"], record["metrics"]
+        for stage in ("full_precision", "before", "after", "merged"):
+            nll, tokens = losses[stage]["nll"], losses[stage]["tokens"]
+            assert sum(tokens) == 256 and len(tokens) == -(-256 // losses["segment_tokens"])
+            # the segments re-add to the perplexity the record states; float64 sums of the same float32
+            # token losses in another grouping differ by rounding only (~1e-15 relative)
+            assert math.exp(sum(nll) / sum(tokens)) == pytest.approx(metrics[f"perplexity_{stage}"], rel=1e-12)
+
+
+def test_records_predict_the_memory_they_measure(ranks_sweep):
+    for record in read_records(ranks_sweep):
+        metrics = record["metrics"]
+        # the parts both sides count from tensors (adapter, its gradients, AdamW's moments) match to the byte;
+        # the step counters are one fp32 scalar per trainable tensor on both sides
+        for part in ("adapter_weights", "gradients", "optimizer", "quantized_weights"):
+            assert metrics[f"predicted_memory_{part}_bytes"] == metrics[f"memory_{part}_bytes"], part
+        assert metrics["predicted_peak_memory_bytes"] > 0
+        assert 0 < metrics["weight_sqnr_db"] < 40  # NF4 at block 64: ~20 dB on Gaussian-like weights
+
+
+def test_steps_zero_cells_evaluate_the_base_only(tmp_path):
+    out = tmp_path / "dtypes"
+    sweep("train.steps=0", "quantizer=int4,nf4", *TINY[:2], *TINY[3:], out=out)
+    records = {r["cell"]["quantizer"]: r for r in read_records(out)}
+    assert set(records) == {"int4", "nf4"}
+    for record in records.values():
+        assert record["status"] == "ok", record["error"]
+        assert {"perplexity_full_precision", "perplexity_before", "bits_per_param", "weight_sqnr_db"} <= set(
+            record["metrics"])
+        assert "perplexity_after" not in record["metrics"] and set(record["losses"]) >= {"full_precision", "before"}
+        assert not (out / "cells" / record["config_hash"] / "adapter").exists()  # nothing was trained or saved
 
 
 def test_joblib_launcher_runs_the_same_cells(ranks_sweep, tmp_path):

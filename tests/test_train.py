@@ -63,6 +63,15 @@ def test_a_run_writes_the_output_contract(text_file, tmp_path):
     assert metrics["perplexity_after"] < metrics["perplexity_before"]
 
 
+def test_zero_steps_evaluates_the_quantized_base_only(text_file, tmp_path):
+    trained = harness_train.run(config(text_file, tmp_path / "a", steps=1))
+    metrics = harness_train.run(config(text_file, tmp_path / "b", steps=0))
+    assert "perplexity_after" not in metrics and "train_seconds" not in metrics
+    # the same seed, base and text: the base's perplexity is the one a trained run starts from, bit for bit
+    assert metrics["perplexity_before"] == trained["perplexity_before"]
+    assert metrics["weight_sqnr_db"] == trained["weight_sqnr_db"] and metrics["bits_per_param"] > 4
+
+
 def test_the_same_seed_gives_the_same_losses_bit_for_bit(text_file, tmp_path):
     adapter = {"name": "lora", "rank": 4, "dropout": 0.1, "targets": ["all-linear"]}  # dropout uses the RNG too
 
@@ -99,8 +108,8 @@ def test_compute_dtype_auto_never_picks_an_emulated_dtype_on_the_cpu(monkeypatch
 
 
 def test_bad_values_name_the_field():
-    with pytest.raises(ValueError, match=r"train\.steps=0"):
-        TrainSettings(steps=0)
+    with pytest.raises(ValueError, match=r"train\.steps=-1"):
+        TrainSettings(steps=-1)
     with pytest.raises(ValueError, match=r"train\.optimizer='sgd'.*adamw"):
         TrainSettings(optimizer="sgd")
     with pytest.raises(ValueError, match=r"device='gpu'"):

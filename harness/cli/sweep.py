@@ -31,7 +31,8 @@ def run_job(cfg: DictConfig) -> None:
     print(f"[cell {job.num}] {label or '(defaults)'}", flush=True)
     record = run_cell(cfg, overrides)
     m = record.get("metrics") or {}
-    result = (f"perplexity {m['perplexity_before']:.3f} -> {m['perplexity_after']:.3f}"
+    stages = [f"{m[k]:.3f}" for k in ("perplexity_before", "perplexity_after") if k in m]
+    result = (f"perplexity {' -> '.join(stages)}"
               + (f", merged {m['perplexity_merged']:.3f}" if "perplexity_merged" in m else "")) if m else record["error"]
     again = " (done before; kept)" if record.get("reused") else ""
     print(f"[cell {job.num}] {record['status']}{again}: {result}  ({record['seconds']:.0f} s) "
@@ -57,6 +58,10 @@ def main() -> None:
     missing = len(mine - set(table.index))
     print(f"wrote {plan.output_dir}/results.parquet and results.csv ({len(table)} of {len(mine)} cells recorded; "
           f"{failed} failed, {int((table.status == 'skipped').sum())} skipped)")
+    if plan.paper is not None:
+        from harness.paper_sweep import write_paper
+
+        print(write_paper(plan.output_dir, [c.hash for c in plan.cells], plan.paper))
     if failed or missing:
         sys.exit(1)
 
