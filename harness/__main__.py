@@ -11,6 +11,9 @@ COMMANDS = {
     "memory": "harness.cli.memory",
     "sweep": "harness.cli.sweep",
     "collect": "harness.cli.collect",
+    "plot": "harness.cli.plot",
+    "table": "harness.cli.table",
+    "sensitivity": "harness.cli.sensitivity",
 }
 
 

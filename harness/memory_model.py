@@ -190,8 +190,15 @@ class MemoryConfig:
     published: Optional[dict[str, float]] = None  # full / lora / quantized -> GB before activations
     published_trainable: Optional[int] = None
     published_source: str = ""
+    # +paper=qlora_double_quant: models, the quantizer without and with DQ and the published figures; when set,
+    # the command writes harness.double_quant_table's table instead of the scenarios (model/quantizer unused)
+    double_quant_table: Optional[dict[str, Any]] = None
 
     def __post_init__(self) -> None:
+        if self.double_quant_table is not None:
+            from harness.double_quant_table import table_config
+
+            table_config(self.double_quant_table)  # raises naming the field and the fix
         if self.precision not in ("mixed", "fp32"):
             raise ValueError(f"precision={self.precision!r} is not accepted; use mixed or fp32")
         if self.weight_bytes not in (1, 2, 4):
@@ -218,7 +225,12 @@ def scenarios(cfg: MemoryConfig, quantizer, adapter, optimizer: str) -> list[Sce
 
 
 def report(cfg: MemoryConfig):
-    """Predict every scenario; write memory.csv (tidy) and memory.md; return the wide table (GB)."""
+    """Predict every scenario; write memory.csv (tidy) and memory.md; return the wide table (GB). With
+    double_quant_table set: harness.double_quant_table's table instead."""
+    if cfg.double_quant_table is not None:
+        from harness import double_quant_table
+
+        return double_quant_table.report(cfg)
     from pathlib import Path
 
     import pandas as pd

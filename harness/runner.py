@@ -65,6 +65,7 @@ class SweepSettings:
     name: str = "custom"  # the grid's name; the default output_dir is results/sweeps/<name>
     rerun_failed: bool = False  # run again the cells whose record says failed (finished cells are always kept)
     reference: bool = True  # also evaluate the full-precision model (once per model): perplexity_full_precision
+    report: bool = True  # after collecting: tables/, figures/ and report.md (python -m harness table, plot)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name or ""):

@@ -34,6 +34,7 @@ class SweepPlan:
     output_dir: Path
     cells: list[Cell] = field(default_factory=list)
     paper: dict | None = None  # a paper reproduction's block (experiments/paper/*.yaml), else None
+    report: bool = True  # sweep.report: write tables, figures and report.md after collecting
 
 
 def expand(overrides: list[str], grid_params: dict) -> list[list[str]]:
@@ -81,7 +82,8 @@ def plan_sweep(overrides: list[str], config_name: str = "sweep") -> SweepPlan:
             if result is None:
                 paper = OmegaConf.select(node, "paper")
                 result = SweepPlan(config.sweep.name, Path(config.output_dir),
-                                   paper=None if paper is None else OmegaConf.to_container(paper, resolve=True))
+                                   paper=None if paper is None else OmegaConf.to_container(paper, resolve=True),
+                                   report=config.sweep.report)
             cell = Cell(overrides_of_cell, cell_hash(node))
             try:
                 with validating(f"cell [{label}]"):

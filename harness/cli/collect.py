@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-
-from harness.user_error import UserError, exits_on_user_error
+from harness.cli import sweep_dir_argument
+from harness.user_error import exits_on_user_error
 
 
 @exits_on_user_error
 def main() -> None:
     from harness.sweep import collect
 
-    if len(sys.argv) != 2:
-        raise UserError("usage: python -m harness collect <sweep dir> (a sweep's output_dir, e.g. results/sweeps/ranks)")
-    frame = collect(sys.argv[1])
+    sweep_dir = sweep_dir_argument("collect")
+    frame = collect(sweep_dir)
     cells = frame.drop_duplicates("cell")
     print(f"{len(cells)} cells ({', '.join(f'{n} {s}' for s, n in cells.status.value_counts().items())}), "
-          f"{len(frame)} rows -> {sys.argv[1]}/results.parquet, results.csv")
+          f"{len(frame)} rows -> {sweep_dir}/results.parquet, results.csv")

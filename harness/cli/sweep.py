@@ -8,6 +8,7 @@ Exit status: 0 when no cell failed, 1 when some did (their records say why), 2 o
 from __future__ import annotations
 
 import sys
+import traceback
 
 import hydra
 from omegaconf import DictConfig
@@ -39,6 +40,25 @@ def run_job(cfg: DictConfig) -> None:
           f"{record['config_hash']}", flush=True)
 
 
+def write_report_files(sweep_dir) -> bool:
+    """tables/, figures/ and report.md, as `table` and `plot` write them -> whether it worked. The results are
+    collected already: a failure here is printed (and the sweep exits 1) but costs no cell's record."""
+    from harness.report import write_report
+    from harness.sweep_plots import make_figures
+    from harness.sweep_table import write_tables
+
+    try:
+        _, count, _ = write_tables(sweep_dir)
+        print(count)
+        figures = make_figures(sweep_dir, echo=lambda *_: None)
+        print(f"{len(figures.written)} figures ({', '.join(figures.written) or 'none'}); "
+              f"wrote {write_report(sweep_dir)}")
+        return True
+    except Exception:  # noqa: BLE001
+        print(f"the report could not be written (results.parquet is complete):\n{traceback.format_exc()}")
+        return False
+
+
 @exits_on_user_error
 def main() -> None:
     from harness.sweep import collect, plan_sweep, summary
@@ -62,7 +82,8 @@ def main() -> None:
         from harness.paper_sweep import write_paper
 
         print(write_paper(plan.output_dir, [c.hash for c in plan.cells], plan.paper))
-    if failed or missing:
+    reported = write_report_files(plan.output_dir) if plan.report else True
+    if failed or missing or not reported:
         sys.exit(1)
 
 
