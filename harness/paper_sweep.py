@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def dtypes_table(records: list[dict], paper: SweepPaper) -> tuple[pd.DataFrame, 
                      "vs the next row": interval(paired(by[q], "before", by[nxt], "before")) if nxt else "—"})
     claims = []
     published = [q for q in paper.published if q in by]
-    for worse, better in zip(published, published[1:]):
+    for worse, better in pairwise(published):
         diff = paired(by[worse], "before", by[better], "before")
         holds = diff[0] > 0
         claims.append(f"{paper.labels.get(worse, worse)} worse than {paper.labels.get(better, better)} (paper: "
@@ -173,7 +174,7 @@ def merge_table(records: list[dict], paper: SweepPaper) -> tuple[pd.DataFrame, l
         loses = all(d[0] > 0 and resolved(d) for _, d in lora)
         claims.append(f"a QLoRA-style merge (dequantize, add, re-quantize) loses, resolved at every bit width: "
                       f"{'holds' if loses else 'does not hold'}")
-        grows = all(lo[1][0] <= hi[1][0] for lo, hi in zip(lora, lora[1:]))
+        grows = all(lo[1][0] <= hi[1][0] for lo, hi in pairwise(lora))
         claims.append(f"the QLoRA-style loss grows as bits fall ({', '.join(f'{b}-bit {d[0]:+.3f}' for b, d in lora)}): "
                       f"{'holds' if grows else 'does not hold'}")
     return pd.DataFrame(rows), claims
@@ -205,8 +206,8 @@ def write_paper(sweep_dir: Path | str, cells: list[str], node: dict) -> str:
     lines = [f"# {paper.title or paper.name}", "", f"Published: {paper.source}", ""]
     if ok:
         table, claims = TABLES[paper.kind](ok, paper)
-        lines += [table.to_markdown(index=False, floatfmt=".3f"), "", "Intervals: paired bootstrap 95% over "
-                  "evaluation segments (the same text for both sides).", "", "## Claims", ""]
+        note = "Intervals: paired bootstrap 95% over evaluation segments (the same text for both sides)."
+        lines += [table.to_markdown(index=False, floatfmt=".3f"), "", note, "", "## Claims", ""]
         lines += [f"- {claim}" for claim in claims]
         table.to_csv(sweep_dir / "paper.csv", index=False)
         (sweep_dir / "paper.tex").write_text(table.to_latex(index=False, float_format="%.3f"))
