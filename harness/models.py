@@ -150,6 +150,16 @@ def max_positions(cfg: ModelConfig, model: nn.Module | None = None) -> int | Non
     return (cfg.architecture or {}).get("max_position_embeddings")
 
 
+def check_context_length(context_length: int, model_cfg: ModelConfig, model: nn.Module | None = None,
+                         field: str = "eval.context_length") -> None:
+    """Stop before any work when evaluation windows are longer than the model's positions go. `field`: the knob
+    the error names (eval.context_length, sensitivity.context_length)."""
+    limit = max_positions(model_cfg, model)
+    if limit is not None and context_length > limit:
+        raise ValueError(f"{field}={context_length} is above the maximum positions of model "
+                         f"{model_cfg.name!r} ({limit}); set context_length to at most {limit}")
+
+
 # ---------------------------------------------------------------- sources
 
 

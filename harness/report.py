@@ -18,7 +18,7 @@ TABLES = {"tables/summary.md": "configurations: mean and 95% seed interval of ea
 
 
 def _values(column: pd.Series) -> str:
-    from harness.sweep_plots import ordered, show
+    from harness.sweep_table import ordered, show
 
     unique = ordered(pd.DataFrame({"v": column.drop_duplicates()}), ["v"])["v"]
     return ", ".join(show(v) for v in unique)
@@ -32,7 +32,7 @@ def _first_line(text) -> str:
 
 def describe(data, sweep_dir: Path) -> str:
     """The paragraph: how many cells ended how, which settings vary and which are fixed."""
-    from harness.sweep_plots import show
+    from harness.sweep_table import show
 
     cells = data.cells
     counts = cells.status.value_counts()

@@ -257,16 +257,6 @@ def _scorer(model, tokenizer, corpus, split: str, cfg) -> Scorer:
     return Scorer(ids, cfg.context_length, cfg.stride, prefix_token_id(tokenizer), resolve_device(cfg.device))
 
 
-def check_context_length(context_length: int, model_cfg, model=None) -> None:
-    """Stop before any work when the windows are longer than the model's positions go (eval's rule)."""
-    from harness.models import max_positions
-
-    limit = max_positions(model_cfg, model)
-    if limit is not None and context_length > limit:
-        raise ValueError(f"sensitivity.context_length={context_length} is above the maximum positions of model "
-                         f"{model_cfg.name!r} ({limit}); set context_length to at most {limit}")
-
-
 def resolved_quantizers(cfg) -> tuple[Any, Any]:
     """(4-bit config, 8-bit config), validated, compute_dtype=auto resolved as eval resolves it (the
     quantizer's own explicit choice wins over the run's); both must compute in the same dtype."""
@@ -322,7 +312,7 @@ def run(cfg) -> dict[str, pd.DataFrame]:
     from omegaconf import OmegaConf
 
     from harness.data import load_corpus
-    from harness.models import load_model
+    from harness.models import check_context_length, load_model
     from harness.quantize_model import target_layers
     from harness.records import write_run_json
 
@@ -332,7 +322,7 @@ def run(cfg) -> dict[str, pd.DataFrame]:
     none = dataclasses.replace(_none_config(), compute_dtype=low.compute_dtype)
     model_cfg = OmegaConf.to_object(cfg.model)
     model, tokenizer = load_model(model_cfg)
-    check_context_length(cfg.context_length, model_cfg, model)
+    check_context_length(cfg.context_length, model_cfg, model, field="sensitivity.context_length")
     corpus = load_corpus(OmegaConf.to_object(cfg.data))
     score = _scorer(model, tokenizer, corpus, cfg.split, cfg)
     heldout = _scorer(model, tokenizer, corpus, cfg.heldout_split, cfg) if cfg.heldout_split else None

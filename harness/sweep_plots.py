@@ -35,21 +35,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator, PercentF
 from scipy import stats as scipy_stats
 
 from harness.plots import MARKERS, _save  # (importing it sets the seaborn theme)
-
-try:
-    from harness.stats import t_interval
-except ImportError:  # pragma: no cover  (harness/stats.py is the shared definition; this is the same formula)
-    def t_interval(values, confidence: float = 0.95):
-        x = np.asarray(values, dtype=float).ravel()
-        x = x[~np.isnan(x)]
-        if x.size == 0:
-            return math.nan, None, None, 0
-        mean = float(x.mean())
-        if x.size < 2:
-            return mean, None, None, int(x.size)
-        half = float(scipy_stats.t.ppf((1 + confidence) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-        return mean, mean - half, mean + half, int(x.size)
-
+from harness.stats import t_interval
+from harness.sweep_table import ordered, show
 
 # figure name -> (title, one-line caption): the report embeds each figure with these
 FIGURES = {
@@ -128,15 +115,6 @@ def sweep_data(frame: pd.DataFrame) -> SweepData:
     return SweepData(cells, settings)
 
 
-def show(value) -> str:
-    """A setting's value as text: 8.0 -> '8', NaN -> '—'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def label(row: pd.Series, columns: list[str]) -> str:
     """A configuration's short name from some of its settings: 'lora nf4 r=8 block_size=64'."""
     parts = []
@@ -151,14 +129,6 @@ def label(row: pd.Series, columns: list[str]) -> str:
         else:
             parts.append(f"{c.rsplit('.', 1)[-1]}={value}")
     return " ".join(parts)
-
-
-def ordered(cells: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Sort by the given settings: numbers as numbers, anything else as text."""
-    if not columns:
-        return cells
-    return cells.sort_values(columns, na_position="last", kind="stable",
-                             key=lambda s: s if pd.api.types.is_numeric_dtype(s) else s.astype(str))
 
 
 def _config_columns(data: SweepData, cells: pd.DataFrame, leave_out: tuple[str, ...] = ()) -> list[str]:

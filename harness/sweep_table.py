@@ -40,10 +40,11 @@ class Configurations:
     fixed: dict  # the settings every cell shares
 
 
-def _show(value) -> str:
+def show(value) -> str:
+    """A setting's value as text: 8.0 -> '8', NaN -> '—'."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return str(value)
 
@@ -57,14 +58,16 @@ def configurations(frame: pd.DataFrame) -> Configurations:
     cells = cells.assign(config=[tuple(row) for row in values.itertuples(index=False)])
     varying = [c for c in settings if cells[c].nunique(dropna=False) > 1]
     labels = varying or [c for c in ("quantizer", "adapter", "rank") if c in settings]
-    fixed = {c: _show(values[c].iloc[0]) for c in settings if c not in varying}
+    fixed = {c: show(values[c].iloc[0]) for c in settings if c not in varying}
     return Configurations(cells, labels, fixed)
 
 
-def _order(table: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
-    """Sort by the label columns: numbers as numbers, anything else as text."""
-    return table.sort_values(labels, na_position="last", kind="stable", key=lambda s: s if
-                             pd.api.types.is_numeric_dtype(s) else s.astype(str))
+def ordered(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Sort by the given settings: numbers as numbers, anything else as text."""
+    if not columns:
+        return table
+    return table.sort_values(columns, na_position="last", kind="stable",
+                             key=lambda s: s if pd.api.types.is_numeric_dtype(s) else s.astype(str))
 
 
 def _status_text(statuses: pd.Series) -> str:
@@ -88,7 +91,7 @@ def summary_table(frame: pd.DataFrame, conf: Configurations, confidence: float =
             name = "peak_memory_mb" if metric == "peak_memory_bytes" else metric
             row |= {f"{name}_mean": mean, f"{name}_low": low, f"{name}_high": high, f"{name}_n": n}
         rows.append(row)
-    return _order(pd.DataFrame(rows), conf.labels).reset_index(drop=True)
+    return ordered(pd.DataFrame(rows), conf.labels).reset_index(drop=True)
 
 
 def _mean_text(mean: float, low, high, n: int, decimals: int) -> str:
@@ -105,7 +108,7 @@ def _mean_text(mean: float, low, high, n: int, decimals: int) -> str:
 
 def summary_display(table: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     """The summary as text cells, columns titled for people."""
-    out = pd.DataFrame({c: table[c].map(_show) for c in labels + ["cells"]})
+    out = pd.DataFrame({c: table[c].map(show) for c in labels + ["cells"]})
     for metric, (title, _, decimals) in HEADLINE.items():
         name = "peak_memory_mb" if metric == "peak_memory_bytes" else metric
         if f"{name}_mean" in table:
@@ -118,13 +121,13 @@ def problems(conf: Configurations) -> pd.DataFrame:
     """The failed and skipped cells: configuration, seed, status, the first line of the error."""
     bad = conf.cells[conf.cells.status != "ok"]
     return pd.DataFrame({"configuration": [label_of(conf, cell) for cell in bad.index],
-                         "seed": [_show(s) for s in bad.get("seed", pd.Series(None, index=bad.index))],
+                         "seed": [show(s) for s in bad.get("seed", pd.Series(None, index=bad.index))],
                          "status": bad.status.tolist(),
                          "error": [(str(e or "").strip().splitlines() or [""])[0] for e in bad.error]})
 
 
 def label_of(conf: Configurations, cell: str) -> str:
-    return ", ".join(f"{c}={_show(conf.cells.at[cell, c])}" for c in conf.labels) or "all cells"
+    return ", ".join(f"{c}={show(conf.cells.at[cell, c])}" for c in conf.labels) or "all cells"
 
 
 # ---------------------------------------------------------------- paired comparisons
@@ -161,7 +164,7 @@ def settings_of(record: dict) -> dict:
 def evaluations(records: list[dict], conf: Configurations) -> tuple[dict, int]:
     """-> ({(stage, text): [Evaluation, ...] in configuration order, identical ones merged}, how many ok
     records have no per-segment losses)."""
-    order = {cell: i for i, cell in enumerate(_order(conf.cells, conf.labels).index)}
+    order = {cell: i for i, cell in enumerate(ordered(conf.cells, conf.labels).index)}
     grouped, missing = {}, 0
     for record in sorted(records, key=lambda r: order.get(r["config_hash"], len(order))):
         if record["status"] != "ok":
@@ -206,8 +209,8 @@ def group_label(conf: Configurations, cells: list[str]) -> str:
     if len(cells) == 1:
         return label_of(conf, cells[0])
     rows = conf.cells.loc[cells, conf.labels]
-    shared = [f"{c}={_show(rows[c].iloc[0])}" for c in conf.labels if rows[c].nunique(dropna=False) == 1]
-    spans = [f"{c}={'/'.join(_show(v) for v in dict.fromkeys(rows[c]))}" for c in conf.labels
+    shared = [f"{c}={show(rows[c].iloc[0])}" for c in conf.labels if rows[c].nunique(dropna=False) == 1]
+    spans = [f"{c}={'/'.join(show(v) for v in dict.fromkeys(rows[c]))}" for c in conf.labels
              if rows[c].nunique(dropna=False) > 1]
     return ", ".join(shared + [f"same model at {' and '.join(spans)}"])
 

@@ -53,7 +53,7 @@ def evaluate_configuration(model, tokenizer, ids, cfg, label: str, quantizer_nod
 
 def run(cfg: DictConfig) -> pd.DataFrame:
     from harness.data import load_corpus, tokenize
-    from harness.models import load_model
+    from harness.models import check_context_length, load_model
     from harness.paper_table import write_eval_outputs
     from harness.tasks import built_task_data, task_files
 
@@ -99,21 +99,11 @@ def increase_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()[frame.columns]
 
 
-def check_context_length(context_length: int, model_cfg, model=None) -> None:
-    """Stop before any work when the evaluation windows are longer than the model's positions go."""
-    from harness.models import max_positions
-
-    limit = max_positions(model_cfg, model)
-    if limit is not None and context_length > limit:
-        raise ValueError(f"eval.context_length={context_length} is above the maximum positions of model "
-                         f"{model_cfg.name!r} ({limit}); set context_length to at most {limit}")
-
-
 def check(cfg: DictConfig) -> None:
     """Validate the whole eval config (model, data, every quantizer) before anything is loaded or evaluated."""
     from harness.config import EvalConfig, validated
     from harness.data import data_config
-    from harness.models import model_config
+    from harness.models import check_context_length, model_config
     from harness.tasks import task_files
 
     with validating():

@@ -19,12 +19,13 @@ def check(cfg: DictConfig) -> None:
     """Validate the whole config (model, data, both quantizers, the knobs) before anything is loaded."""
     from harness.config import quantizer_config, validated
     from harness.data import data_config
-    from harness.models import model_config
-    from harness.sensitivity import SensitivityConfig, check_context_length, resolved_quantizers
+    from harness.models import check_context_length, model_config
+    from harness.sensitivity import SensitivityConfig, resolved_quantizers
 
     with validating():
         validated(SensitivityConfig, cfg)
-        check_context_length(cfg.context_length, model_config(cfg.model))  # where the limit is known unloaded
+        check_context_length(cfg.context_length, model_config(cfg.model),  # where the limit is known unloaded
+                             field="sensitivity.context_length")
         data_config(cfg.data)
     for key in ("quantizer", "keep_8bit"):
         with validating(key):
