@@ -125,6 +125,7 @@ def test_printed_spearman_matches_scipy(plotted):
     expected = stats.spearmanr(sqnr, increase)
     line = next(x for x in lines if "Spearman rho" in x)
     rho, p, n = re.search(r"Spearman rho = (-?[\d.]+) \(p = ([\d.e-]+), n = (\d+)", line).groups()
+    # the line prints rho with 3 decimals (rounding: at most 5e-4) and p with 3 significant digits (5e-3 relative)
     assert float(rho) == pytest.approx(expected.statistic, abs=5e-4)
     assert float(p) == pytest.approx(expected.pvalue, rel=5e-3)
     assert int(n) == len(BASES)  # one point per base: the 16 NF4 cells count once
