@@ -5,8 +5,9 @@
 Each model trains in its own process (nf4, LoRA r=8 on q,v, batch 4 x 128, fp32 compute, AdamW) through
 `harness train`, whose metrics.csv holds the measured memory_<part>_bytes; the predictor sizes the same run on
 the meta device. On the CPU the measured peak is the weights (from their tensors) plus the resident set's
-growth during training; glibc keeps freed blocks below its dynamic mmap threshold resident, so the script also
-runs each model with MALLOC_MMAP_THRESHOLD_=65536 (every large block returned to the system when freed).
+growth during training. `harness train` keeps freed memory in the process while it trains (reuse_freed_memory:
+faster steps), so the resident set's peak holds some dead blocks; the script also runs each model with
+MALLOC_MMAP_THRESHOLD_=65536, which the harness then leaves alone (every large block returned when freed).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
     mb = 1e6
-    print("| model | part | predicted MB | measured MB | measured MB, MALLOC_MMAP_THRESHOLD_=65536 |")
+    print("| model | part | predicted MB | measured MB (harness default) | measured MB, MALLOC_MMAP_THRESHOLD_=65536 |")
     print("|---|---|---|---|---|")
     for model in args.models:
         pred = predicted(model)

@@ -1,12 +1,12 @@
 """What `harness train`'s loop costs over a bare PEFT + bitsandbytes loop: the same model, layers, data and seed.
 
-    .venv/bin/python benchmarks/train_overhead.py                          # 4 configurations, ~6-7 min on 2 cores
+    .venv/bin/python benchmarks/train_overhead.py                          # 4 configurations, ~9 min on 2 cores
     .venv/bin/python benchmarks/train_overhead.py --configs nf4-dq/qv --steps 8 --repeats 2
 
 Every configuration (LoRA r=8 on the default model, SmolLM2-135M, fp32 compute on the CPU, batch 4 x 256):
   nf4-dq/qv, nf4-dq/all    nf4 + double quantization in bitsandbytes' Linear4bit; LoRA on q_proj, v_proj / all-linear
   fp32/qv, fp32/all        the unquantized fp32 base (quantizer none)
-is trained for --steps optimizer steps twice, in one process:
+is trained for --steps optimizer steps three times, in one process:
   harness  harness.train.run(TrainConfig(..., module="bitsandbytes", merge=False)), with train.eval_tokens
            small so its before/after evaluations stay short; the figure is read from what it returns and
            writes: (steps - 1) x tokens per step / (train_seconds - the first step's seconds from loss.csv),
@@ -19,13 +19,17 @@ is trained for --steps optimizer steps twice, in one process:
            forward with labels, loss.backward(), optimizer.step(), optimizer.zero_grad(); no logging,
            no clipping, no schedule. The figure is (steps - 1) x tokens per step / the wall time of
            steps 2..N, one perf_counter pair around the loop.
+  bare+reuse  the bare loop inside harness.measure.reuse_freed_memory, the allocator setting `harness train`
+           trains under on the CPU (freed memory kept for the next step instead of faulted in afresh): the
+           loops compared with the allocator equal, so harness / bare+reuse is what the loop itself costs,
+           and harness / bare (the issue's figure) adds what the allocator setting gains.
 Warm-up, identical for both: the first step (it allocates the optimizer state and grows the allocator) is run
 and left out of the figure; before any measured loop, an untimed 2-step bare loop warms the process up (its
 first loop runs ~15% slower whichever side it is). Data: the train split of janeausten packed into seq_len blocks, batches drawn
 in harness.train.batches' seeded order, and torch.manual_seed(seed) before loading and before attaching
 the adapter, as the harness does, so both start from the same weights on the same batches (the table's
-step-1 losses agree when they do). Order: harness first for even (configuration index + repeat), bare
-first otherwise, so drift does not favour either side; with --repeats > 1 the figures are medians.
+step-1 losses agree when they do). Order: the three sides rotate with (configuration index + repeat), so
+drift does not favour any; with --repeats > 1 the figures are medians.
 
 Wall clock on a shared machine: before every loop the script waits (bounded by --wait-quiet) until other
 processes leave the CPU alone, and the `other` column reports how many cores they used during the runs.
@@ -87,12 +91,14 @@ def harness_loop(label: str, args) -> dict:
             "reported": metrics["train_tokens_per_second"], "loss_first": float(rows[0]["loss"])}
 
 
-def bare_loop(label: str, args) -> dict:
-    """The same training written directly against transformers + PEFT + bitsandbytes."""
+def bare_loop(label: str, args, reuse: bool = False) -> dict:
+    """The same training written directly against transformers + PEFT + bitsandbytes (reuse: inside the
+    allocator setting harness train uses)."""
     import peft
 
     from harness.config import quantizer_config
     from harness.data import data_config, load_corpus, pack, tokenize
+    from harness.measure import reuse_freed_memory
     from harness.models import load_model, model_config
     from harness.quantize_model import quantize_model
 
@@ -108,6 +114,11 @@ def bare_loop(label: str, args) -> dict:
     blocks = pack(tokenize(load_corpus(data_config(DATA)).train, tokenizer), args.seq_len)
     order = torch.randperm(blocks.shape[0], generator=torch.Generator().manual_seed(args.seed))
     batches = [blocks[order[i * args.batch_size:(i + 1) * args.batch_size]] for i in range(args.steps)]
+    with reuse_freed_memory("cpu") if reuse else contextlib.nullcontext():
+        return _bare_steps(model, batches, args)
+
+
+def _bare_steps(model, batches, args) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
     model.train()
 
@@ -152,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {MODEL['name']}, LoRA r={RANK}, fp32 on the CPU ({torch.get_num_threads()} threads), batch "
           f"{args.batch_size} x {args.seq_len}, {args.steps} steps per loop (first untimed); load averages at "
           f"start: {load_averages()}", flush=True)
-    loops = {"harness": harness_loop, "bare": bare_loop}
-    results = {label: {"harness": [], "bare": [], "other": []} for label in args.configs}
+    loops = {"harness": harness_loop, "bare": bare_loop, "bare+reuse": lambda *a: bare_loop(*a, reuse=True)}
+    results = {label: {side: [] for side in [*loops, "other"]} for label in args.configs}
     # The first training loop of a process runs ~15% slower than the ones after it, whichever side it is
     # (thread pools, kernel and allocator caches warm up: measured 167-171 against 190-210 tokens/s), and
     # leaving out each loop's first step does not cover it. A short untimed loop takes that cost for both sides.
@@ -161,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
         bare_loop(args.configs[0], argparse.Namespace(**{**vars(args), "steps": 2}))
     for r in range(args.repeats):
         for i, label in enumerate(args.configs):
-            order = ["harness", "bare"] if (i + r) % 2 == 0 else ["bare", "harness"]
+            shift = (i + r) % len(loops)
+            order = [*loops][shift:] + [*loops][:shift]
             for side in order:
                 ForeignLoad.wait_quiet(budget)
                 with ForeignLoad() as load:
@@ -176,14 +188,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# load averages at end: {load_averages()}; total {time.perf_counter() - started:.0f} s, "
           f"{args.wait_quiet - max(budget[0], 0):.0f} s of it waiting for other processes; `other`: cores other "
           "processes kept busy during the loops (mean; above ~0.1 the figures are not trustworthy)\n")
-    print("| configuration | harness tok/s | bare tok/s | ratio | step-1 loss harness / bare | other |\n"
-          "|---|---:|---:|---:|---|---:|")
+    print("| configuration | harness tok/s | bare tok/s | bare+reuse tok/s | harness / bare | harness / bare+reuse "
+          "| step-1 loss harness / bare | other |\n|---|---:|---:|---:|---:|---:|---|---:|")
     for label in args.configs:
         res = results[label]
-        h = statistics.median(x["tokens_per_second"] for x in res["harness"])
-        b = statistics.median(x["tokens_per_second"] for x in res["bare"])
+        h, b, br = (statistics.median(x["tokens_per_second"] for x in res[side]) for side in loops)
         losses = f"{res['harness'][0]['loss_first']:.6f} / {res['bare'][0]['loss_first']:.6f}"
-        print(f"| {label} | {h:.1f} | {b:.1f} | {h / b:.3f} | {losses} | {statistics.fmean(res['other']):.2f} |")
+        print(f"| {label} | {h:.1f} | {b:.1f} | {br:.1f} | {h / b:.3f} | {h / br:.3f} | {losses} "
+              f"| {statistics.fmean(res['other']):.2f} |")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch
 from adapters import base as adapters
 from harness.config import adapter_config, quantizer_config, validated
 from harness.device import check_compute_dtype, check_device, resolve_compute_dtype, resolve_device
-from harness.measure import PeakMemory, memory_in_use, release_freed_memory
+from harness.measure import PeakMemory, memory_in_use, release_freed_memory, reuse_freed_memory
 from harness.quantize_model import tensor_bytes
 from harness.records import write_run_json
 
@@ -275,6 +275,9 @@ def fine_tune(model, blocks: torch.Tensor, p: Plan, memory: dict | None = None) 
             loss = model(input_ids=ids, labels=ids).loss / s.grad_accum
             loss.backward()
             loss_sum += loss.item()
+            # drop the graph's last reference now, not when the next forward reassigns `loss`: kept alive
+            # through the next forward, steps on the CPU ran ~10% slower (more fresh pages faulted in)
+            del loss
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"the loss became {loss_sum} at step {step}; lower train.lr")
         if s.max_grad_norm:
@@ -381,7 +384,7 @@ def train_and_evaluate(p: Plan, model, tokenizer, report, blocks: torch.Tensor, 
     release_freed_memory()  # so the peak below is the training's, not what loading left behind
     start = memory_in_use(p.device)
     train_start = time.perf_counter()
-    with PeakMemory(p.device) as peak:
+    with reuse_freed_memory(p.device), PeakMemory(p.device) as peak:
         rows = fine_tune(model, blocks, p, memory)
     train_seconds = time.perf_counter() - train_start
     peak_bytes = training_peak(peak, start, memory, p.device)
