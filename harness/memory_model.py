@@ -62,14 +62,46 @@ def meta_model(model_cfg, dtype: torch.dtype = torch.bfloat16, vocab_size: int |
     return model
 
 
-def attach_meta(model: nn.Module, adapter, total_steps: int = 1000):
-    """PEFT's adapter on the meta model (counts and shapes are all the predictor needs)."""
+def attach_meta(model: nn.Module, adapter, total_steps: int = 1000, group_size: int | None = None):
+    """PEFT's adapter on the meta model (counts and shapes are all the predictor needs). group_size: the intk
+    quantizer's, which sizes QA-LoRA."""
     from adapters.base import attach
 
-    if adapter.name == "qalora":  # its layer needs a real QuantLinear under it to dispatch on
-        raise NotImplementedError("the memory predictor does not size QA-LoRA yet; predict adapter=lora (its A has "
-                                  "group_size times more inputs, the rest is the same)")
-    return attach(model, adapter, total_steps=total_steps)
+    if adapter.name != "qalora":
+        return attach(model, adapter, total_steps=total_steps)
+    # QA-LoRA's layer dispatches on a real QuantLinear, which the meta model has not got: attach LoRA of the same
+    # rank and targets, then give every A what QALoraLinear gives it (adapters/qalora/layer.py)
+    if group_size is None:
+        raise ValueError("QA-LoRA is sized by the intk quantizer's group_size; predict it with quantizer=intk")
+    from harness.config import adapter_config
+    from peft.tuners.lora import LoraLayer
+
+    lora = attach(model, adapter_config({"name": "lora", "rank": adapter.rank, "alpha": adapter.alpha,
+                                         "dropout": adapter.dropout, "targets": adapter.targets}))
+    for layer in (m for m in lora.modules() if isinstance(m, LoraLayer)):
+        for name, a in layer.lora_A.items():
+            layer.lora_A[name] = _GroupPooledA(a, group_size)
+    return lora
+
+
+class _GroupPooledA(nn.Module):
+    """QA-LoRA's A: the input pooled over groups of G features (mean x in / G), then (r, in / G)."""
+
+    def __init__(self, a: nn.Linear, group: int) -> None:
+        super().__init__()
+        if a.in_features % group:
+            raise ValueError(f"QA-LoRA: in_features={a.in_features} is not a multiple of group_size={group}")
+        self.group = group
+        self.linear = nn.Linear(a.in_features // group, a.out_features, bias=False, device=a.weight.device,
+                                dtype=a.weight.dtype)
+
+    @property
+    def weight(self) -> torch.Tensor:  # PEFT reads A's weight (its dtype) in the forward
+        return self.linear.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups = x.shape[-1] // self.group
+        return self.linear(x.view(*x.shape[:-1], groups, self.group).mean(-1) * groups)
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -148,7 +180,7 @@ def predict(model_cfg, scenario: Scenario, batch_size: int = 1, seq_len: int = 5
     q_params = {id(model.get_submodule(n).weight) for n in quantized}
     if scenario.adapter is not None:
         model.requires_grad_(False)
-        model = attach_meta(model, scenario.adapter)
+        model = attach_meta(model, scenario.adapter, group_size=getattr(scenario.quantizer, "group_size", None))
     else:
         model.requires_grad_(True)
     trainable, total = parameter_counts(model)
@@ -219,9 +251,11 @@ def scenarios(cfg: MemoryConfig, quantizer, adapter, optimizer: str) -> list[Sce
     from harness.train import quantizer_label
 
     common = {"weight_bytes": cfg.weight_bytes, "precision": cfg.precision, "optimizer": optimizer}
-    return [Scenario("full fine-tuning", None, None, **common),
+    rows = [Scenario("full fine-tuning", None, None, **common),
             Scenario(f"16-bit base + {adapter.name}", None, adapter, **common),
             Scenario(f"{quantizer_label(quantizer)} base + {adapter.name}", quantizer, adapter, **common)]
+    # QA-LoRA exists only on an intk base (its update folds into the zero points): no 16-bit row for it
+    return [r for r in rows if not (adapter.name == "qalora" and r.adapter is not None and r.quantizer is None)]
 
 
 def report(cfg: MemoryConfig):
@@ -248,7 +282,7 @@ def report(cfg: MemoryConfig):
     rows, counts = [], {}
     for sc in scenarios(cfg, quantizer, adapter, optimizer):
         parts = predict(model, sc, settings.batch_size, settings.seq_len, settings.gradient_checkpointing,
-                        cfg.activations and sc.adapter is not None, dtype, cfg.vocab_size)
+                        cfg.activations, dtype, cfg.vocab_size)
         counts[sc.label] = (parts["trainable_params"], parts["total_params"])
         rows += [{"scenario": sc.label, "part": k, "bytes": parts[k]} for k in PARTS]
     tidy = pd.DataFrame(rows).assign(model=model.name, batch_size=settings.batch_size, seq_len=settings.seq_len,

@@ -119,18 +119,14 @@ def sweep_config(node: DictConfig) -> SweepConfig:
 
 def trainable_count(config: SweepConfig, adapter) -> int:
     """Trainable parameters of `adapter` (a validated AdapterConfig) on the model, counted on the meta device.
-    QA-LoRA is LoRA whose A sees the group-pooled input: in / group_size columns instead of in."""
-    from harness.config import adapter_config, quantizer_config
+    QA-LoRA is sized by the quantizer's group size (its A sees the group-pooled input)."""
+    from harness.config import quantizer_config
     from harness.memory_model import attach_meta, meta_model, parameter_counts
     from harness.models import model_config
 
     model = meta_model(model_config(config.model))
-    if adapter.name != "qalora":
-        return parameter_counts(attach_meta(model, adapter))[0]
-    group = quantizer_config(config.quantizer).group_size
-    lora = attach_meta(model, adapter_config({"name": "lora", "rank": adapter.rank, "targets": adapter.targets}))
-    return sum(p.numel() // (group if ".lora_A." in name else 1)
-               for name, p in lora.named_parameters() if p.requires_grad)
+    group = getattr(quantizer_config(config.quantizer), "group_size", None) if adapter.name == "qalora" else None
+    return parameter_counts(attach_meta(model, adapter, group_size=group))[0]
 
 
 def matched_adapter(config: SweepConfig) -> tuple[dict, dict]:

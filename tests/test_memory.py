@@ -71,6 +71,38 @@ def test_predicted_activations_equal_the_tensors_a_real_forward_saves():
     assert activation_bytes(real, 2, 32) == predicted
 
 
+def test_predicted_full_fine_tuning_activations_equal_a_real_forwards():
+    """Full fine-tuning (every weight trainable, so every linear layer saves its input) traced on the meta device
+    against the same hook on the real tiny model: the memory command's full-fine-tuning row counts them."""
+    from harness.models import load_model
+
+    meta = meta_model(model_config(TINY), torch.float32).requires_grad_(True)
+    real, _ = load_model(model_config(TINY))
+    real.requires_grad_(True)
+    assert activation_bytes(meta, 2, 32) == activation_bytes(real, 2, 32) > activation_bytes(_meta_with(
+        {"name": "lora", "rank": 4, "targets": ["q_proj", "v_proj"]}), 2, 32)
+
+
+def test_qalora_is_predicted_with_the_trainable_parameters_it_trains():
+    """QA-LoRA on the meta model (LoRA whose A sees the group-pooled input) counts what the real QA-LoRA on an
+    intk base trains, tensor for tensor, and its activation trace runs."""
+    from harness.memory_model import attach_meta, parameter_counts
+    from harness.train import TrainConfig, build_model, plan
+
+    node = {"name": "qalora", "rank": 4, "targets": ["all-linear"]}
+    intk = {"name": "intk", "bits": 4, "group_size": 32, "compute_dtype": "float32"}
+    real, _, _ = build_model(plan(TrainConfig(model=TINY, data={"name": "janeausten"}, quantizer=intk,
+                                              adapter=node, device="cpu", compute_dtype="float32")))
+    meta = meta_model(model_config(TINY), torch.float32).requires_grad_(False)
+    meta = attach_meta(meta, adapter_config(node), group_size=32)
+    shapes = sorted(tuple(p.shape) for p in meta.parameters() if p.requires_grad)
+    assert shapes == sorted(tuple(p.shape) for p in real.parameters() if p.requires_grad)
+    assert parameter_counts(meta)[0] == parameter_counts(real)[0]
+    assert activation_bytes(meta, 2, 32) > 0
+    with pytest.raises(ValueError, match="group_size"):
+        attach_meta(meta_model(model_config(TINY)), adapter_config(node))
+
+
 def _meta_with(adapter):
     from harness.memory_model import attach_meta
 
