@@ -1,6 +1,6 @@
 """What `harness train`'s loop costs over a bare PEFT + bitsandbytes loop: the same model, layers, data and seed.
 
-    .venv/bin/python benchmarks/train_overhead.py                          # 4 configurations, ~9 min on 2 cores
+    .venv/bin/python benchmarks/train_overhead.py                          # 4 configurations, ~7 min on 2 cores
     .venv/bin/python benchmarks/train_overhead.py --configs nf4-dq/qv --steps 8 --repeats 2
 
 Every configuration (LoRA r=8 on the default model, SmolLM2-135M, fp32 compute on the CPU, batch 4 x 256):

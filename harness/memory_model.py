@@ -73,8 +73,9 @@ def attach_meta(model: nn.Module, adapter, total_steps: int = 1000, group_size: 
     # rank and targets, then give every A what QALoraLinear gives it (adapters/qalora/layer.py)
     if group_size is None:
         raise ValueError("QA-LoRA is sized by the intk quantizer's group_size; predict it with quantizer=intk")
-    from harness.config import adapter_config
     from peft.tuners.lora import LoraLayer
+
+    from harness.config import adapter_config
 
     lora = attach(model, adapter_config({"name": "lora", "rank": adapter.rank, "alpha": adapter.alpha,
                                          "dropout": adapter.dropout, "targets": adapter.targets}))
@@ -88,9 +89,10 @@ class _GroupPooledA(nn.Module):
     """QA-LoRA's A: the input pooled over groups of G features (mean x in / G), then (r, in / G)."""
 
     def __init__(self, a: nn.Linear, group: int) -> None:
+        from adapters.qalora.layer import check_group
+
         super().__init__()
-        if a.in_features % group:
-            raise ValueError(f"QA-LoRA: in_features={a.in_features} is not a multiple of group_size={group}")
+        check_group(a.in_features, group)
         self.group = group
         self.linear = nn.Linear(a.in_features // group, a.out_features, bias=False, device=a.weight.device,
                                 dtype=a.weight.dtype)
@@ -100,8 +102,9 @@ class _GroupPooledA(nn.Module):
         return self.linear.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        groups = x.shape[-1] // self.group
-        return self.linear(x.view(*x.shape[:-1], groups, self.group).mean(-1) * groups)
+        from adapters.qalora.layer import pool_groups
+
+        return self.linear(pool_groups(x, self.group))
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -251,11 +254,10 @@ def scenarios(cfg: MemoryConfig, quantizer, adapter, optimizer: str) -> list[Sce
     from harness.train import quantizer_label
 
     common = {"weight_bytes": cfg.weight_bytes, "precision": cfg.precision, "optimizer": optimizer}
-    rows = [Scenario("full fine-tuning", None, None, **common),
-            Scenario(f"16-bit base + {adapter.name}", None, adapter, **common),
-            Scenario(f"{quantizer_label(quantizer)} base + {adapter.name}", quantizer, adapter, **common)]
-    # QA-LoRA exists only on an intk base (its update folds into the zero points): no 16-bit row for it
-    return [r for r in rows if not (adapter.name == "qalora" and r.adapter is not None and r.quantizer is None)]
+    rows = [Scenario("full fine-tuning", None, None, **common)]
+    if adapter.name != "qalora":  # QA-LoRA exists only on an intk base (it folds into the zero points)
+        rows.append(Scenario(f"16-bit base + {adapter.name}", None, adapter, **common))
+    return [*rows, Scenario(f"{quantizer_label(quantizer)} base + {adapter.name}", quantizer, adapter, **common)]
 
 
 def report(cfg: MemoryConfig):

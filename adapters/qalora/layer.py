@@ -19,6 +19,17 @@ from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from torch import nn
 
 
+def check_group(in_features: int, group: int) -> None:
+    if in_features % group:
+        raise ValueError(f"QA-LoRA: in_features={in_features} is not a multiple of the group size {group}")
+
+
+def pool_groups(x: torch.Tensor, group: int) -> torch.Tensor:
+    """x: (..., in_features) -> (..., in_features / G): the mean of each group of G features x in_features / G."""
+    groups = x.shape[-1] // group
+    return x.unflatten(-1, (groups, group)).mean(-1) * groups
+
+
 class QALoraLinear(PeftLoraLinear):
     """PEFT's LoRA Linear with A sized in_features / G and a pooled input; PEFT does the rest (dropout,
     scaling, adapter bookkeeping, saving)."""
@@ -28,8 +39,7 @@ class QALoraLinear(PeftLoraLinear):
 
     def update_layer(self, adapter_name, r, lora_alpha, config, **kwargs) -> None:
         group = config.qalora_group_size
-        if self.in_features % group:
-            raise ValueError(f"QA-LoRA: in_features={self.in_features} is not a multiple of the group size {group}")
+        check_group(self.in_features, group)
         super().update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
         old = self.lora_A[adapter_name]
         pooled = nn.Linear(self.in_features // group, r, bias=False, device=old.weight.device,
@@ -40,9 +50,7 @@ class QALoraLinear(PeftLoraLinear):
 
     def pool(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """x: (..., in_features) -> (..., in_features / G)."""
-        group = self.qalora_group_size[adapter_name]
-        groups = self.in_features // group
-        return x.unflatten(-1, (groups, group)).mean(-1) * groups
+        return pool_groups(x, self.qalora_group_size[adapter_name])
 
     def group_delta(self, adapter_name: str) -> torch.Tensor:
         """(out_features, in_features / G) fp32: the update of every weight in group g of row o."""
