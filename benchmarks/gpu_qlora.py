@@ -41,7 +41,7 @@ def train(label: str, args) -> dict:
            f"adapter.rank={args.rank}", f"adapter.targets=[{','.join(args.targets)}]", "compute_dtype=bfloat16",
            f"device={args.device}", f"train.steps={args.steps}", f"train.batch_size={args.batch_size}",
            f"train.seq_len={args.seq_len}", "train.eval_tokens=256", "train.progress=false", "merge=false",
-           f"output_dir={out}"]
+           f"output_dir={out}", *args.override]
     done = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{label}: harness train failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -65,6 +65,10 @@ def predicted(label: str, args, device: str) -> dict[str, float]:
 
     node = OmegaConf.to_container(OmegaConf.load(ROOT / "experiments" / "model" / f"{args.model}.yaml"))
     node.pop("defaults", None)
+    for item in args.override:  # model.* overrides size the same model the runs trained (e.g. model.path)
+        key, _, value = item.partition("=")
+        if key.startswith("model."):
+            node[key.removeprefix("model.")] = value
     quantizer = None
     if label == "nf4-dq-lora":
         quantizer = quantizer_config({"name": "nf4", "double_quant": True, "compute_dtype": "bfloat16"})
@@ -84,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--targets", nargs="+", default=["all-linear"], help="LoRA targets (default: all-linear)")
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more `harness train` overrides for both scenarios, e.g. model.source=local "
+                             "model.path=<folder> where the embedded model's package is not installed")
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error("--steps must be at least 2: the first step is the warm-up")

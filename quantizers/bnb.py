@@ -106,7 +106,9 @@ def dequantize(qt: QuantizedTensor, dtype: torch.dtype) -> torch.Tensor:
 def int8_rowwise(w: torch.Tensor, threshold: float, name: str) -> QuantizedTensor:
     """LLM.int8 vector-wise quantization with bitsandbytes' kernel (w: 2-D)."""
     F = _functional()
-    a = w.float().contiguous().clone()  # the kernel zeroes outliers in place while it works
+    # bitsandbytes' CUDA kernel takes fp16 only (its own Int8Params casts to fp16 first); its CPU kernel fp32.
+    # clone: the kernel zeroes outliers in place while it works
+    a = w.to(torch.float16 if w.is_cuda else torch.float32).contiguous().clone()
     codes, row_stats, outlier_cols = F.int8_vectorwise_quant(a, threshold=threshold)
     cols = outlier_cols if outlier_cols is not None else torch.empty(0, dtype=torch.int64)
     return QuantizedTensor(
