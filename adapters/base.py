@@ -4,7 +4,7 @@ An adapter is a config dataclass registered in ADAPTERS (one folder under adapte
 PEFT config (`peft_config`), so attaching, training and saving go through PEFT and its save format
 (adapter_config.json + adapter_model.safetensors). What PEFT does not do, the harness does here:
   - one compatibility check from the configs alone, before any model is loaded (`check_base`);
-  - merge / unmerge on every base layer kind through adapters.base_layer (QLoRA-style re-quantization, and
+  - merge / unmerge on every base layer kind through quantizers.layers (QLoRA-style re-quantization, and
     exact unmerge from a snapshot), with per-adapter overrides (QA-LoRA folds into the zero points);
   - hooks into the training loop (`on_step`: AdaLoRA's budget schedule) and a report of the final ranks.
 """
@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from adapters import base_layer
+from quantizers import layers as base_layer
 
 # targets presets; anything else is a list of module names (PEFT matches them as name suffixes)
 ALL_LINEAR = "all-linear"  # every linear layer but the output head (QLoRA's choice)
@@ -48,7 +48,7 @@ class AdapterConfig:
     rslora: bool = False
     init: str = "default"
 
-    # base layer kinds the adapter can sit on (adapters.base_layer.KINDS)
+    # base layer kinds the adapter can sit on (quantizers.layers.KINDS)
     layer_kinds: ClassVar[tuple[str, ...]] = base_layer.KINDS
     inits: ClassVar[tuple[str, ...]] = ("default",)
     has_rslora: ClassVar[bool] = True
@@ -133,9 +133,15 @@ def attach(model: nn.Module, cfg: AdapterConfig, total_steps: int = 1000, base: 
     """Wrap `model` (already quantized) with the adapter -> a PeftModel whose only trainable parameters are
     the adapter's. base: what cfg.check_base returned (call it before loading anything: it is the
     compatibility check). base_weights: full-precision weights of the target layers, for inits that need them."""
+    import warnings
+
     from peft import get_peft_model
 
-    peft_model = get_peft_model(model, cfg.peft_config(model, total_steps, base or {}))
+    with warnings.catch_warnings():
+        # PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias while wrapping: a warning
+        # about PEFT's code, printed on every attach, that no setting of ours can avoid
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft_model = get_peft_model(model, cfg.peft_config(model, total_steps, base or {}))
     cfg.after_attach(peft_model, base_weights)
     return peft_model
 

@@ -25,13 +25,14 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from harness.cloze import TASK, ensure_cloze
-from harness.config import EXPERIMENTS_DIR, quantizer_config, register_configs
+from harness.cli import register_configs
+from harness.config import EXPERIMENTS_DIR, quantizer_config
 from harness.device import resolve_compute_dtype
-from harness.evaluate import simple_evaluate_local
-from harness.models import ModelConfig, load_model
-from harness.quantize_model import quantize_model
-from harness.tasks import task_files
+from harness.evaluation.cloze import TASK, ensure_cloze
+from harness.evaluation.lm_eval_run import simple_evaluate_local
+from harness.evaluation.tasks import task_files
+from harness.models.quantize import quantize_model
+from harness.models.sources import ModelConfig, load_model
 
 BOOTSTRAP = 10_000  # resamples: the 2.5% / 97.5% percentiles move by < 0.001 between seeds at this count
 CONTEXT = 1024  # eval's default context_length

@@ -10,9 +10,11 @@ import time
 
 import torch
 
-from harness.data import DataConfig, load_corpus, tokenize
-from harness.evaluate import lm_eval_rolling_nll, perplexity, prefix_token_id
-from harness.models import ModelConfig, load_model
+from harness.data.corpus import DataConfig, load_corpus
+from harness.data.tokens import tokenize
+from harness.evaluation.lm_eval_run import lm_eval_rolling_nll
+from harness.evaluation.perplexity import perplexity, prefix_token_id
+from harness.models.sources import ModelConfig, load_model
 
 
 def main() -> None:

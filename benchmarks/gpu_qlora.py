@@ -10,7 +10,7 @@ bf16 compute, LoRA on --targets at --rank, --steps steps of --batch-size x --seq
 tokens/s leave out the first step (it allocates the optimizer state): (steps - 1) x tokens per step / (train
 seconds - the first step's seconds, from loss.csv). Memory: metrics.csv's memory_<part>_bytes and
 peak_memory_bytes (CUDA max_memory_allocated during training; reserved beside it) against
-harness.memory_model.predict for the same run on the meta device: the frozen weights 2 bytes (bf16), the LoRA
+harness.memory.predictor.predict for the same run on the meta device: the frozen weights 2 bytes (bf16), the LoRA
 weights in fp32 (PEFT keeps adapters of a 16-bit base in fp32), the optimizer the run resolved (paged AdamW
 32-bit on CUDA, AdamW on the CPU). Targets (the memory-and-speed issue): NF4 LoRA at least 0.8x bf16 LoRA's
 tokens/s (the QLoRA authors report roughly on par, one public benchmark 0.56x); every part within 10% on a GPU.
@@ -25,12 +25,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness.memory.predictor import TENSOR_PARTS
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {  # label -> harness train overrides
     "bf16-lora": ["quantizer=none"],
     "nf4-dq-lora": ["quantizer=nf4", "quantizer.double_quant=true", "module=bitsandbytes"],
 }
-PARTS = ("quantized_weights", "other_weights", "adapter_weights", "gradients", "optimizer")
 MB = 1e6
 
 
@@ -60,8 +61,9 @@ def predicted(label: str, args, device: str) -> dict[str, float]:
     from omegaconf import OmegaConf
 
     from harness.config import adapter_config, quantizer_config
-    from harness.memory_model import Scenario, predict
-    from harness.models import model_config
+    from harness.memory.predictor import Scenario, predict
+    from harness.models.sources import model_config
+    from harness.training.config import resolve_optimizer
 
     node = OmegaConf.to_container(OmegaConf.load(ROOT / "experiments" / "model" / f"{args.model}.yaml"))
     node.pop("defaults", None)
@@ -73,7 +75,7 @@ def predicted(label: str, args, device: str) -> dict[str, float]:
     if label == "nf4-dq-lora":
         quantizer = quantizer_config({"name": "nf4", "double_quant": True, "compute_dtype": "bfloat16"})
     adapter = adapter_config({"name": "lora", "rank": args.rank, "targets": args.targets})
-    optimizer = "paged_adamw_32bit" if device == "cuda" else "adamw"  # what train.optimizer=auto resolves to
+    optimizer = resolve_optimizer("auto", torch.device(device))
     scenario = Scenario(label, quantizer, adapter, weight_bytes=2, precision="fp32", optimizer=optimizer)
     return predict(model_config(node), scenario, batch_size=args.batch_size, seq_len=args.seq_len,
                    compute_dtype=torch.bfloat16)
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n| scenario | part | measured MB | predicted MB | error |\n|---|---|---:|---:|---:|")
     for label, run in runs.items():
         m, pred = run["metrics"], preds[label]
-        rows = [(part, m[f"memory_{part}_bytes"], pred[part]) for part in PARTS]
+        rows = [(part, m[f"memory_{part}_bytes"], pred[part]) for part in TENSOR_PARTS]
         rows.append(("activations vs rest", m["memory_rest_bytes"], pred["activations"]))
         for part, measured, expected in rows:
             error = f"{expected / measured - 1:+.1%}" if measured else "n/a"

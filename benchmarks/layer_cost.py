@@ -10,7 +10,7 @@ One process builds every configuration of the default model (SmolLM2-135M, fp32 
   bnb-nf4           nf4 in bitsandbytes' Linear4bit (module=bitsandbytes)
   harness-nf4-dq    nf4 + double quantization in QuantLinear
 (every nn.Linear but lm_head is quantized, as `harness train` does), then measures, interleaved:
-  eval   tokens/s of harness.evaluate.perplexity on --eval-tokens test tokens with windows of --context
+  eval   tokens/s of harness.evaluation.perplexity.perplexity on --eval-tokens test tokens with windows of --context
          (no_grad, eval mode: what `harness eval` and the before/after evaluations of a run cost);
   train  tokens/s of one LoRA step (r=--rank on --targets; forward with labels, backward, AdamW step,
          zero_grad) on a --batch-size x --seq-len batch of the train split, the same batch for every
@@ -47,8 +47,8 @@ CONFIGS = {  # label -> (quantizer node, module)
 def build(label: str, model_name: str, compute_dtype: str):
     """(model in eval mode, tokenizer) for one configuration: loaded, quantized, cast."""
     from harness.config import quantizer_config
-    from harness.models import load_model, model_config
-    from harness.quantize_model import quantize_model
+    from harness.models.quantize import quantize_model
+    from harness.models.sources import load_model, model_config
 
     node, module = CONFIGS[label]
     model, tokenizer = load_model(model_config({"name": model_name}))
@@ -165,8 +165,9 @@ def main(argv: list[str] | None = None) -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # the "loading weights" bar of every load
-    from harness.data import data_config, load_corpus, pack, tokenize
-    from harness.evaluate import perplexity, prefix_token_id
+    from harness.data.corpus import data_config, load_corpus
+    from harness.data.tokens import pack, tokenize
+    from harness.evaluation.perplexity import perplexity, prefix_token_id
 
     labels = ["fp"] + [c for c in args.configs if c != "fp"]
     started = time.perf_counter()

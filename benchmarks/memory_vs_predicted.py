@@ -20,7 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-PARTS = ("quantized_weights", "other_weights", "adapter_weights", "gradients", "optimizer")
+from harness.memory.predictor import TENSOR_PARTS
+
 MODELS = {"tiny-llama": {"name": "tiny-llama", "source": "tiny", "arch": "llama", "max_positions": 256},
           "tiny-opt": {"name": "tiny-opt", "source": "tiny", "arch": "opt", "max_positions": 256},
           "smollm2-135m": {"name": "smollm2-135m"}}
@@ -40,8 +41,8 @@ def predicted(model: str) -> dict[str, float]:
     import torch
 
     from harness.config import adapter_config, quantizer_config
-    from harness.memory_model import Scenario, predict
-    from harness.models import model_config
+    from harness.memory.predictor import Scenario, predict
+    from harness.models.sources import model_config
 
     scenario = Scenario("run", quantizer_config({"name": "nf4"}), adapter_config({"name": "lora", "rank": 8}),
                         weight_bytes=4, precision="fp32")
@@ -60,7 +61,7 @@ def main() -> None:
         pred = predicted(model)
         default = measure(model, args.steps, dict(os.environ))
         trimmed = measure(model, args.steps, {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
-        for part in PARTS:
+        for part in TENSOR_PARTS:
             key = f"memory_{part}_bytes"
             print(f"| {model} | {part} | {pred[part] / mb:.3f} | {default[key] / mb:.3f} | {trimmed[key] / mb:.3f} |")
         print(f"| {model} | activations vs rest | {pred['activations'] / mb:.1f} | "

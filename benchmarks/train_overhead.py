@@ -7,13 +7,13 @@ Every configuration (LoRA r=8 on the default model, SmolLM2-135M, fp32 compute o
   nf4-dq/qv, nf4-dq/all    nf4 + double quantization in bitsandbytes' Linear4bit; LoRA on q_proj, v_proj / all-linear
   fp32/qv, fp32/all        the unquantized fp32 base (quantizer none)
 is trained for --steps optimizer steps three times, in one process:
-  harness  harness.train.run(TrainConfig(..., module="bitsandbytes", merge=False)), with train.eval_tokens
+  harness  harness.training.run.run(TrainConfig(..., module="bitsandbytes", merge=False)), with train.eval_tokens
            small so its before/after evaluations stay short; the figure is read from what it returns and
            writes: (steps - 1) x tokens per step / (train_seconds - the first step's seconds from loss.csv),
            so it covers the whole loop after the first step, including whatever run() does around it
            (optimizer creation, peak-memory accounting, learning-rate schedule, gradient clipping);
-  bare     the loop written the obvious way: harness.models.load_model, then the nn.Linear layers replaced
-           by bitsandbytes Linear4bit through harness.quantize_model.quantize_model(model, cfg,
+  bare     the loop written the obvious way: harness.models.sources.load_model, then the nn.Linear layers replaced
+           by bitsandbytes Linear4bit through harness.models.quantize.quantize_model(model, cfg,
            module="bitsandbytes") (the same Params4bit / QuantState the harness builds; nothing for fp32),
            peft.get_peft_model with the same LoRA config, torch.optim.AdamW (same lr), then per step:
            forward with labels, loss.backward(), optimizer.step(), optimizer.zero_grad(); no logging,
@@ -26,7 +26,7 @@ is trained for --steps optimizer steps three times, in one process:
 Warm-up, identical for both: the first step (it allocates the optimizer state and grows the allocator) is run
 and left out of the figure; before any measured loop, an untimed 2-step bare loop warms the process up (its
 first loop runs ~15% slower whichever side it is). Data: the train split of janeausten packed into seq_len blocks, batches drawn
-in harness.train.batches' seeded order, and torch.manual_seed(seed) before loading and before attaching
+in harness.training.loop.batches' seeded order, and torch.manual_seed(seed) before loading and before attaching
 the adapter, as the harness does, so both start from the same weights on the same batches (the table's
 step-1 losses agree when they do). Order: the three sides rotate with (configuration index + repeat), so
 drift does not favour any; with --repeats > 1 the figures are medians.
@@ -65,8 +65,9 @@ RANK, ALPHA, LR = 8, 16.0, 1e-3  # the harness' lora.alpha and train.lr defaults
 
 
 def harness_loop(label: str, args) -> dict:
-    """harness.train.run for one configuration -> tokens/s after the first step, step-1 loss."""
-    from harness.train import TrainConfig, TrainSettings, run
+    """harness.training.run.run for one configuration -> tokens/s after the first step, step-1 loss."""
+    from harness.training.config import TrainConfig, TrainSettings
+    from harness.training.run import run
 
     node, targets = CONFIGS[label]
     out = tempfile.mkdtemp(prefix="train-overhead-")
@@ -97,10 +98,11 @@ def bare_loop(label: str, args, reuse: bool = False) -> dict:
     import peft
 
     from harness.config import quantizer_config
-    from harness.data import data_config, load_corpus, pack, tokenize
+    from harness.data.corpus import data_config, load_corpus
+    from harness.data.tokens import pack, tokenize
     from harness.measure import reuse_freed_memory
-    from harness.models import load_model, model_config
-    from harness.quantize_model import quantize_model
+    from harness.models.quantize import quantize_model
+    from harness.models.sources import load_model, model_config
 
     node, targets = CONFIGS[label]
     torch.manual_seed(args.seed)

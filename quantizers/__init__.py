@@ -17,6 +17,8 @@ from quantizers.base import (  # noqa: F401  (the public vocabulary)
     QuantizerConfig,
 )
 
+from quantizers import bnb  # noqa: F401, E402  (adds bitsandbytes' dequantizer to base.DEQUANTIZERS)
+
 for _module in pkgutil.iter_modules(__path__):
     if _module.ispkg:
         importlib.import_module(f"{__name__}.{_module.name}")

@@ -122,11 +122,7 @@ class QuantizedTensor:
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """-> tensor of `shape` in `dtype` (default: the original dtype)."""
         dtype = dtype or self.dtype
-        if self.backend == "bitsandbytes":
-            from quantizers import bnb  # only when asked for: keeps the reference path free of bnb
-
-            return bnb.dequantize(self, dtype)
-        return dequantize_reference(self, dtype)
+        return DEQUANTIZERS.get(self.backend, dequantize_reference)(self, dtype)
 
     def with_tensors(self, tensors: dict[str, torch.Tensor]) -> QuantizedTensor:
         """Inverse of tensors(): a copy whose stored tensors are taken from `tensors` (same dotted names)."""
@@ -146,6 +142,11 @@ class QuantizedTensor:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return QuantizedTensor(**values)
+
+
+# backend name -> its dequantizer, for tensors a backend produced; a backend module adds itself on import
+# (quantizers.bnb), so this module never imports a backend. Anything else, the reference, dequantizes.
+DEQUANTIZERS: dict = {}
 
 
 def dequantize_reference(qt: QuantizedTensor, dtype: torch.dtype) -> torch.Tensor:

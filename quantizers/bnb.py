@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from quantizers.base import PerBlock, PerRow, QuantizedTensor, dequantize_reference
+from quantizers.base import DEQUANTIZERS, PerBlock, PerRow, QuantizedTensor, dequantize_reference
 
 
 @functools.cache
@@ -101,6 +101,9 @@ def dequantize(qt: QuantizedTensor, dtype: torch.dtype) -> torch.Tensor:
         return dequantize_reference(qt, dtype)
     # bitsandbytes returns a 1-D shape as (1, n)
     return F.dequantize_4bit(qt.qdata.view(-1, 1), quant_state=quant_state(qt, dtype)).reshape(qt.shape)
+
+
+DEQUANTIZERS["bitsandbytes"] = dequantize
 
 
 def int8_rowwise(w: torch.Tensor, threshold: float, name: str) -> QuantizedTensor:

@@ -9,7 +9,7 @@ import random
 import re
 
 from harness.config import EXPERIMENTS_DIR
-from harness.data import DataConfig, load_corpus
+from harness.data.corpus import DataConfig, load_corpus
 
 N_ITEMS = 200
 SEED = 0

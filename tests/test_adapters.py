@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from adapters import base as adapters
-from adapters import base_layer
 from adapters.base import IncompatibleError
 from harness.config import quantizer_config
-from harness.models import ModelConfig, load_model
-from harness.quantize_model import quantize_model, target_layers
+from harness.models.quantize import quantize_model, target_layers
+from harness.models.sources import ModelConfig, load_model
 from harness.registry import ADAPTERS
+from quantizers import layers as base_layer
 from quantizers.linear import QuantizedWeight, QuantLinear
 
 pytestmark = [
@@ -97,7 +97,7 @@ def train(model, cfg, ids: torch.Tensor, steps: int = STEPS) -> None:
     for step in range(steps):
         model(input_ids=ids, labels=ids).loss.backward()
         optimizer.step()
-        cfg.on_step(model, step)  # AdaLoRA's budget: after the step, before zero_grad (as harness.train)
+        cfg.on_step(model, step)  # AdaLoRA's budget: after the step, before zero_grad (as harness.training)
         optimizer.zero_grad(set_to_none=True)
     model.eval()
 
@@ -344,7 +344,7 @@ def test_adalora_budget_falls_to_the_target_total_rank(module, kind, tmp_path):
     assert any(r != init_r for r in ranks.values())
     # PEFT's RankAllocator (peft/tuners/adalora/layer.py): init_bgt = init_r * n_layers, target_bgt =
     # target_r * n_layers. update_and_allocate at step = total_step - tfinal (7, our last step, counted from 0
-    # as harness.train does) forces a mask with budget_schedule(7): mul_coeff = 1 - (7 - tinit) /
+    # as harness.training does) forces a mask with budget_schedule(7): mul_coeff = 1 - (7 - tinit) /
     # (total_step - tfinal - tinit) = 0, so budget = target_bgt; mask_to_budget zeroes the init_bgt - budget
     # triplets scoring at or below the k-th smallest importance (continuous scores: no ties), and no optimizer
     # step follows. So exactly target_r * n_layers singular values survive.

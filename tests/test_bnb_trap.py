@@ -13,9 +13,11 @@ import torch
 from bitsandbytes.functional import has_avx512bf16
 from bitsandbytes.nn import Linear4bit
 
-from harness.models import ModelConfig, load_model
-from harness.quantize_model import guard_bnb_repack, model_storage_bytes, quantize_model
+from harness.models.quantize import quantize_model
+from harness.models.sources import ModelConfig, load_model
 from harness.registry import QUANTIZERS
+from quantizers.bnb_layers import guard_bnb_repack
+from quantizers.storage import model_storage_bytes
 
 TEXT = "Training after an evaluation must see the same gradients as before it."
 

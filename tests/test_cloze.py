@@ -14,12 +14,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from lm_eval.api.instance import Instance
 
-from harness import data
-from harness.cloze import MIN_CONTEXT_WORDS, STOPWORDS, ensure_cloze
-from harness.config import EXPERIMENTS_DIR, register_configs
-from harness.evaluate import lm_eval_model
-from harness.models import ModelConfig, load_model
-from harness.packed_scoring import PackedHFLM
+from harness.cli import register_configs
+from harness.config import EXPERIMENTS_DIR
+from harness.data import corpus, janeausten
+from harness.evaluation.cloze import MIN_CONTEXT_WORDS, STOPWORDS, ensure_cloze
+from harness.evaluation.lm_eval_run import lm_eval_model
+from harness.evaluation.packed_scoring import PackedHFLM
+from harness.models.sources import ModelConfig, load_model
 from harness.user_error import UserError
 
 # disjoint vocabularies: an item holding a train word would have been built from train text
@@ -49,7 +50,7 @@ def fake_cache(root) -> tuple:
               "test": synthetic_text(TEST_WORDS, 3)}
     folder = root / "janeausten"
     folder.mkdir(parents=True)
-    (folder / f"splits-chapter-seed0-v{data._SPLITS_FORMAT}.json").write_text(json.dumps(splits))
+    (folder / f"splits-chapter-seed0-v{janeausten._SPLITS_FORMAT}.json").write_text(json.dumps(splits))
     return root, splits
 
 
@@ -89,17 +90,17 @@ def test_builder_is_deterministic_and_reads_the_test_split_only(tmp_path):
 
 def test_real_corpus_gives_over_1000_well_formed_items_from_its_test_split(tmp_path):
     try:
-        books = data.ensure_janeausten()  # the default cache's copy; splits are computed afresh below
-    except data.CorpusError as err:
+        books = janeausten.ensure_janeausten()  # the default cache's copy; splits are computed afresh below
+    except corpus.CorpusError as err:
         pytest.skip(f"cannot fetch the Jane Austen corpus here: {err}")
     (tmp_path / "janeausten").mkdir()
     (tmp_path / "janeausten" / "books.json").write_bytes(books.read_bytes())
     built = ensure_cloze(tmp_path)
     items = read_items(built.path)
-    corpus = data.load_corpus(data.DataConfig(cache_dir=str(tmp_path)))
+    texts = corpus.load_corpus(corpus.DataConfig(cache_dir=str(tmp_path)))
     assert len(items) >= 1000
-    assert_well_formed(items, corpus.test)
-    train = re.sub(r"[ \t]+", " ", corpus.train)
+    assert_well_formed(items, texts.test)
+    train = re.sub(r"[ \t]+", " ", texts.train)
     assert not any(item["context"][:400] in train for item in items[::10])  # a sample: each find scans 3 MB
     # pinned: the items are a function of the corpus and the construction alone (bump cloze.FORMAT on change)
     assert built.sha256.startswith("97d95d9c5f9b")
@@ -112,7 +113,7 @@ def compose_eval(overrides):
 
 
 def test_austen_cloze_runs_end_to_end_through_eval(tmp_path, monkeypatch):
-    from harness.cli.eval import run
+    from harness.evaluation.run import run
 
     cache, _ = fake_cache(tmp_path / "cache")
     monkeypatch.setenv("HARNESS_CACHE", str(cache))  # the cloze data and the corpus both come from the fake cache
@@ -173,8 +174,8 @@ def test_packed_scoring_gives_lm_evals_own_scores(arch):
 
 
 def test_context_length_above_the_model_limit_stops_before_work(tmp_path, monkeypatch):
-    from harness import evaluate
-    from harness.cli.eval import check, run
+    from harness.evaluation import perplexity as evaluate
+    from harness.evaluation.run import check, run
 
     def started(*args, **kwargs):
         raise AssertionError("evaluation started")
@@ -198,8 +199,8 @@ def test_task_batch_size_below_one_names_the_field():
 
 
 def test_shipped_local_lambada_example_stops_without_its_file_and_runs_with_it(tmp_path, monkeypatch):
-    from harness.evaluate import run_lm_eval_tasks
-    from harness.tasks import task_files
+    from harness.evaluation.lm_eval_run import run_lm_eval_tasks
+    from harness.evaluation.tasks import task_files
 
     monkeypatch.setenv("HOME", str(tmp_path))  # the example reads ~/data/lambada/lambada_test.jsonl
     with pytest.raises(FileNotFoundError, match=r"lambada_local.*lambada_test\.jsonl.*does not exist"):

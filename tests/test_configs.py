@@ -9,7 +9,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from harness import config as harness_config
+from harness.cli import register_configs
 from harness.registry import ADAPTERS, QUANTIZERS
+from harness.weight_errors.config import ErrorsConfig
 from quantizers.base import QuantizerConfig
 
 QUANTIZER_YAMLS = sorted((harness_config.EXPERIMENTS_DIR / "quantizer").glob("*.yaml"))
@@ -17,7 +19,7 @@ QUANTIZER_YAMLS = sorted((harness_config.EXPERIMENTS_DIR / "quantizer").glob("*.
 
 @pytest.fixture(scope="module")
 def hydra():
-    harness_config.register_configs()
+    register_configs()
     with initialize_config_dir(config_dir=str(harness_config.EXPERIMENTS_DIR), version_base=None):
         yield
 
@@ -48,7 +50,7 @@ def test_every_registered_quantizer_has_a_yaml():
 
 def test_errors_yaml_composes_and_validates(hydra):
     errors = OmegaConf.to_object(compose("errors"))  # runs every dataclass's __post_init__
-    assert isinstance(errors, harness_config.ErrorsConfig)
+    assert isinstance(errors, ErrorsConfig)
     assert errors.quantizers and all(isinstance(q, QuantizerConfig) for q in errors.quantizers.values())
     for label, node in compose("errors").quantizers.items():  # and the path the CLI takes
         assert harness_config.quantizer_config(node) == errors.quantizers[label]
@@ -137,7 +139,8 @@ def test_every_adapter_yaml_composes_and_validates_inside_train(hydra, path):
 
 
 def test_train_yaml_composes_and_plans(hydra):
-    from harness.train import TrainConfig, plan
+    from harness.training.config import TrainConfig
+    from harness.training.plan import plan
 
     cfg = compose("train", overrides=["train.steps=7", "adapter.rank=4"])
     train = TrainConfig(model=cfg.model, data=cfg.data, quantizer=cfg.quantizer, adapter=cfg.adapter,

@@ -1,4 +1,4 @@
-"""harness.data and harness.rdata: the R reader, the corpora, splits, tokenise + pack. Offline and fast.
+"""harness.data and harness.data.rdata: the R reader, the corpora, splits, tokenise + pack. Offline and fast.
 
 The real Jane Austen corpus is fetched once into the default cache (as the setup script does); a machine
 that cannot fetch it skips those tests with the reason.
@@ -17,21 +17,16 @@ import zlib
 import pytest
 import torch
 
-from harness import data
-from harness.data import (
+from harness.data import corpus, tokens
+from harness.data.corpus import HELDOUT_FRACTION, SPLITS, CorpusError, DataConfig, load_corpus, split_units
+from harness.data.janeausten import (
     JANEAUSTEN_BOOKS,
     JANEAUSTEN_HELDOUT_BOOKS,
-    SPLITS,
-    CorpusError,
-    DataConfig,
     austen_chapters,
     ensure_janeausten,
-    load_corpus,
-    pack,
-    split_units,
-    tokenize,
 )
-from harness.rdata import RFormatError, read_lazyload, unserialize
+from harness.data.rdata import RFormatError, read_lazyload, unserialize
+from harness.data.tokens import pack, tokenize
 from harness.registry import RegistryError
 
 # ---------------------------------------------------------------- a tiny R serializer (XDR, version 3)
@@ -150,7 +145,7 @@ def test_chapter_split_is_a_deterministic_partition(austen_cache):
     assert sum(len(getattr(corpus, s)) for s in SPLITS) == sum(map(len, chapters)) + joins
     # ... and validation and test each get HELDOUT_FRACTION of the chapters, each with its heading
     heading = re.compile(r"^chapter\s+[\divxlc]+$", re.IGNORECASE | re.MULTILINE)
-    n_held = round(data.HELDOUT_FRACTION * len(chapters))
+    n_held = round(HELDOUT_FRACTION * len(chapters))
     assert [len(heading.findall(getattr(corpus, s))) for s in SPLITS] == [
         len(chapters) - 2 * n_held,
         n_held,
@@ -271,10 +266,10 @@ def test_yamls_compose_into_valid_configs(tmp_path):
     with initialize_config_dir(str(EXPERIMENTS_DIR), version_base=None):
         for name in yamls:
             (tmp_path / "corpus").write_text("text")  # file corpora check that data.path is a file
-            cfg = data.data_config(compose(overrides=[f"+data={name}", f"++data.path={tmp_path / 'corpus'}"]).data)
+            cfg = corpus.data_config(compose(overrides=[f"+data={name}", f"++data.path={tmp_path / 'corpus'}"]).data)
             assert cfg.name == name and cfg.block_size == DataConfig.block_size
         with pytest.raises(ValueError, match="data.path is required"):
-            data.data_config(compose(overrides=["+data=text_file"]).data)
+            corpus.data_config(compose(overrides=["+data=text_file"]).data)
     assert DataConfig().name == "janeausten"  # the default corpus
 
 
@@ -314,7 +309,7 @@ def test_tokenize_in_chunks_matches_the_whole_text_without_warning(tokenizer):
     assert ids.dtype == torch.long and ids.shape == (len(whole),) and ids.tolist() == whole
     assert tokenizer.decode(ids) == text
     for n in (1, 80, 10_000):
-        assert "".join(data._chunks(text, n)) == text
+        assert "".join(tokens._chunks(text, n)) == text
     with_bos = tokenize(text, tokenizer, add_bos=True)
     assert with_bos[0] == tokenizer.bos_token_id and torch.equal(with_bos[1:], ids)
     assert tokenize("", tokenizer).shape == (0,)
@@ -335,7 +330,7 @@ def test_token_blocks_end_to_end(tmp_path, tokenizer):
     path = tmp_path / "t.txt"
     path.write_text(SAMPLE * 10)
     cfg = DataConfig("text_file", path=str(path), block_size=16)
-    blocks = data.token_blocks(cfg, tokenizer, "train")
+    blocks = tokens.token_blocks(cfg, tokenizer, "train")
     expected = tokenize(load_corpus(cfg).train, tokenizer)
     assert blocks.shape == (expected.numel() // 16, 16) and torch.equal(
         blocks.flatten(), expected[: blocks.numel()]

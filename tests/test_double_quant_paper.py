@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from harness.double_quant_table import PUBLISHED_KEYS, layer_shapes
+from harness.memory.double_quant import PUBLISHED_KEYS, layer_shapes
 
 # LLaMA (no GQA in either model): q, k, v, o are (h, h); gate, up are (i, h); down is (h, i); per decoder layer
 ARCH = {"llama-2-7b": (4096, 11008, 32), "llama-65b": (8192, 22016, 80)}
@@ -19,8 +19,9 @@ def run(tmp_path_factory):
     """Compose the paper config as the command does and run it once (the meta models take seconds)."""
     from hydra import compose, initialize_config_dir
 
-    from harness.config import EXPERIMENTS_DIR, register_configs
-    from harness.memory_model import memory_config, report
+    from harness.cli import register_configs
+    from harness.config import EXPERIMENTS_DIR
+    from harness.memory.report import memory_config, report
 
     out = tmp_path_factory.mktemp("qlora_double_quant")
     register_configs()
@@ -63,7 +64,7 @@ def test_the_config_composes_runs_end_to_end_and_writes_the_table_beside_the_pub
 def test_the_layer_shapes_are_llamas_and_65b_has_65_3b_parameters(run):
     _, frame, _ = run
     for model, node in run[0].double_quant_table["models"].items():
-        from harness.models import model_config
+        from harness.models.sources import model_config
 
         shapes, total = layer_shapes(model_config(node))
         assert sorted(shapes) == _expected_shapes(model)
@@ -127,7 +128,7 @@ def test_the_65b_saving_is_about_3_gb_and_params_times_0_373_over_8_up_to_the_ta
     ({"colour": 1}, "unknown ['colour']"),
 ])
 def test_a_bad_double_quant_table_is_refused_naming_the_field(run, change, message):
-    from harness.memory_model import MemoryConfig
+    from harness.memory.report import MemoryConfig
 
     node = {**run[0].double_quant_table, **change}
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -137,7 +138,8 @@ def test_a_bad_double_quant_table_is_refused_naming_the_field(run, change, messa
 def test_the_memory_command_without_the_paper_has_no_table_set():
     from hydra import compose, initialize_config_dir
 
-    from harness.config import EXPERIMENTS_DIR, register_configs
+    from harness.cli import register_configs
+    from harness.config import EXPERIMENTS_DIR
 
     register_configs()
     with initialize_config_dir(str(EXPERIMENTS_DIR), version_base=None):

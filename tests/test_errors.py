@@ -12,9 +12,13 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from harness import config as harness_config
-from harness.cli.errors import errors_config, run
+from harness.cli import register_configs
 from harness.registry import METRICS
-from harness.weight_error import SOURCES, analyse, model_weights
+from harness.weight_errors.analysis import analyse
+from harness.weight_errors.config import SOURCES as CONFIG_SOURCES
+from harness.weight_errors.config import ErrorsConfig
+from harness.weight_errors.run import errors_config, run
+from harness.weight_errors.sources import SOURCES, model_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 CODES = ("int4", "fp4", "fp4_e3m0", "nf4")
@@ -22,7 +26,7 @@ PAPER = ["int4", "fp4", "fp4_e3m0", "nf4"]  # QLoRA Table 2, worst perplexity fi
 
 
 def _compose(*overrides: str):
-    harness_config.register_configs()
+    register_configs()
     with initialize_config_dir(config_dir=str(harness_config.EXPERIMENTS_DIR), version_base=None):
         return compose("errors", overrides=list(overrides))
 
@@ -155,7 +159,7 @@ def test_model_weights_yields_every_linear():
 
 
 def test_sources_are_the_configs_sources():
-    assert set(SOURCES) == set(harness_config.SOURCES)
+    assert set(SOURCES) == set(CONFIG_SOURCES)
 
 
 def test_synthetic_sources_have_the_documented_variance():
@@ -174,9 +178,9 @@ def test_synthetic_sources_have_the_documented_variance():
 
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="synthetic_cols"):
-        harness_config.ErrorsConfig(numel=5000)
+        ErrorsConfig(numel=5000)
     with pytest.raises(ValueError, match="student_t_df"):
-        harness_config.ErrorsConfig(student_t_df=2.0)
+        ErrorsConfig(student_t_df=2.0)
     with pytest.raises(ValueError, match="quantizers is empty"):
         errors_config(_compose("~quantizers"))
 

@@ -11,8 +11,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from harness.config import EXPERIMENTS_DIR, EvalConfig, PaperConfig, register_configs
-from harness.paper_table import ordering_claims, wide
+from harness.cli import register_configs
+from harness.config import EXPERIMENTS_DIR
+from harness.evaluation.config import EvalConfig, PaperConfig
+from harness.evaluation.paper_table import ordering_claims, wide
 
 
 def compose_eval(overrides):
@@ -39,7 +41,7 @@ def test_bad_eval_values_name_the_field(override, field):
 
 
 def test_eval_command_on_tiny_model_records_every_configuration(tmp_path):
-    from harness.cli.eval import run
+    from harness.evaluation.run import run
 
     cfg = compose_eval([
         "model=tiny-llama", "model.max_positions=128", "max_tokens=300", "context_length=64",

@@ -9,9 +9,10 @@ import math
 import pytest
 import torch
 
-from harness.evaluate import lm_eval_rolling_nll, perplexity, prefix_token_id, run_lm_eval_tasks
-from harness.models import ModelConfig, load_model
-from harness.quantize_model import quantize_model
+from harness.evaluation.lm_eval_run import lm_eval_rolling_nll, run_lm_eval_tasks
+from harness.evaluation.perplexity import perplexity, prefix_token_id
+from harness.models.quantize import quantize_model
+from harness.models.sources import ModelConfig, load_model
 from quantizers.nf4 import NF4Config
 
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
@@ -55,7 +56,7 @@ def test_windows_score_every_token_once_with_its_context(tiny, context_length, s
 
 
 def test_segment_losses_add_up_to_the_perplexity_and_follow_the_text(tiny):
-    from harness.evaluate import SEGMENT_TOKENS
+    from harness.evaluation.perplexity import SEGMENT_TOKENS
 
     model, tokenizer = tiny
     ids = ids_of(tokenizer, TEXT * 3)

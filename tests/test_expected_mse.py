@@ -9,7 +9,7 @@ from scipy import integrate
 from scipy.stats import norm
 
 from harness.registry import QUANTIZERS
-from harness.weight_error import conditional_sq_error, expected_mse
+from harness.weight_errors.analysis import conditional_sq_error, expected_mse
 
 CODES = ("int4", "fp4", "fp4_e3m0", "nf4")
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from harness.config import adapter_config, quantizer_config
-from harness.memory_model import PARTS, Scenario, activation_bytes, meta_model, predict
-from harness.models import model_config
+from harness.memory.predictor import PARTS, Scenario, activation_bytes, meta_model, predict
+from harness.models.sources import model_config
 
 TINY = {"name": "tiny-llama", "source": "tiny", "arch": "llama"}
 MISTRAL = {"name": "mistral-7b", "source": "hub", "hub_id": "mistralai/Mistral-7B-v0.1", "dtype": "bfloat16",
@@ -61,7 +61,7 @@ def test_predicted_activations_equal_the_tensors_a_real_forward_saves():
     """The meta-device trace against the same hook on a real CPU forward of the tiny model (fp32, LoRA q,v):
     the predictor's emulated fused attention saves what torch's CPU flash attention saves."""
     from adapters.base import attach
-    from harness.models import load_model
+    from harness.models.sources import load_model
 
     lora = {"name": "lora", "rank": 4, "dropout": 0.1}
     predicted = activation_bytes(_meta_with(lora), 2, 32)
@@ -74,7 +74,7 @@ def test_predicted_activations_equal_the_tensors_a_real_forward_saves():
 def test_predicted_full_fine_tuning_activations_equal_a_real_forwards():
     """Full fine-tuning (every weight trainable, so every linear layer saves its input) traced on the meta device
     against the same hook on the real tiny model: the memory command's full-fine-tuning row counts them."""
-    from harness.models import load_model
+    from harness.models.sources import load_model
 
     meta = meta_model(model_config(TINY), torch.float32).requires_grad_(True)
     real, _ = load_model(model_config(TINY))
@@ -86,8 +86,9 @@ def test_predicted_full_fine_tuning_activations_equal_a_real_forwards():
 def test_qalora_is_predicted_with_the_trainable_parameters_it_trains():
     """QA-LoRA on the meta model (LoRA whose A sees the group-pooled input) counts what the real QA-LoRA on an
     intk base trains, tensor for tensor, and its activation trace runs."""
-    from harness.memory_model import attach_meta, parameter_counts
-    from harness.train import TrainConfig, build_model, plan
+    from harness.memory.predictor import attach_meta, parameter_counts
+    from harness.training.config import TrainConfig
+    from harness.training.plan import build_model, plan
 
     node = {"name": "qalora", "rank": 4, "targets": ["all-linear"]}
     intk = {"name": "intk", "bits": 4, "group_size": 32, "compute_dtype": "float32"}
@@ -104,7 +105,7 @@ def test_qalora_is_predicted_with_the_trainable_parameters_it_trains():
 
 
 def _meta_with(adapter):
-    from harness.memory_model import attach_meta
+    from harness.memory.predictor import attach_meta
 
     model = meta_model(model_config(TINY), torch.float32)
     model.requires_grad_(False)
@@ -112,7 +113,8 @@ def _meta_with(adapter):
 
 
 def test_a_train_run_reports_every_memory_part_and_the_predictor_matches_its_tensors(tmp_path):
-    from harness.train import TrainConfig, TrainSettings, run
+    from harness.training.config import TrainConfig, TrainSettings
+    from harness.training.run import run
 
     text = tmp_path / "corpus.txt"
     text.write_text("\n\n".join(f"paragraph {i} " + "some words to train on " * 40 for i in range(40)))
@@ -136,8 +138,9 @@ def test_a_train_run_reports_every_memory_part_and_the_predictor_matches_its_ten
 def test_the_memory_command_composes_and_writes_its_table(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from harness.config import EXPERIMENTS_DIR, register_configs
-    from harness.memory_model import memory_config, report
+    from harness.cli import register_configs
+    from harness.config import EXPERIMENTS_DIR
+    from harness.memory.report import memory_config, report
 
     register_configs()
     with initialize_config_dir(str(EXPERIMENTS_DIR), version_base=None):

@@ -6,25 +6,20 @@ installed.
 """
 
 import copy
-import math
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from harness import models
-from harness.models import ModelConfig, load_model, model_config
-from harness.quantize_model import (
-    model_storage_bytes,
-    module_tensors,
-    quantize_model,
-    target_layers,
-    tensor_bytes,
-)
+from harness.models import sources as models
+from harness.models.quantize import quantize_model, target_layers
+from harness.models.sources import ModelConfig, load_model, model_config
 from harness.registry import QUANTIZERS
 from quantizers.linear import QuantLinear
+from quantizers.storage import model_storage_bytes, module_tensors, tensor_bytes
 
 MODEL_YAMLS = sorted(p.stem for p in (Path(__file__).parent.parent / "experiments" / "model").glob("*.yaml"))
 TEXT = "The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times."
@@ -65,13 +60,16 @@ def test_config_errors_name_field_value_and_accepted_values(fields, named):
 
 def test_every_model_yaml_composes_into_a_valid_config():
     from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
 
-    models.store_schemas(ConfigStore.instance())
+    from harness.cli import register_configs
+
+    register_configs()
     required = {"smollm2-135m", "opt-125m", "pythia-160m", "tinyllama-1.1b", "llama-2-7b", "mistral-7b",
                 "tiny-llama", "tiny-opt"}
     assert required <= set(MODEL_YAMLS)
-    experiments = Path(models.__file__).parent.parent / "experiments"
+    from harness.config import EXPERIMENTS_DIR
+
+    experiments = EXPERIMENTS_DIR
     with initialize_config_dir(config_dir=str(experiments), version_base=None):
         configs = {name: model_config(compose(overrides=[f"+model={name}"]).model) for name in MODEL_YAMLS}
         with pytest.raises(Exception, match="hidden_size"):  # the schema types every field
@@ -336,7 +334,7 @@ def test_embedded_smollm2_loads_offline_and_caches_its_conversion(tmp_path, monk
 
 
 def test_weight_sqnr_is_pooled_over_the_layers_and_agrees_across_backends():
-    from adapters.base_layer import dequantized_weight
+    from quantizers.layers import dequantized_weight
 
     model, _ = tiny("llama")
     weights = {n: m.weight.detach().double().clone() for n, m in model.named_modules() if n.endswith("_proj")}

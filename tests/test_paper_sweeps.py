@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.paper_sweep import SweepPaper, merge_table
+from harness.sweep.papers import SweepPaper, merge_table
 
 REPO = Path(__file__).resolve().parent.parent
 # the tiny model, two steps of 2 x 32 tokens, a 256-token evaluation: seconds per cell

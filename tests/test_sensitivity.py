@@ -12,24 +12,18 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from harness.config import EXPERIMENTS_DIR, quantizer_config, register_configs
-from harness.models import ModelConfig, load_model
-from harness.quantize_model import target_layers
-from harness.sensitivity import (
-    SensitivityConfig,
-    combined_bits,
-    layer_groups,
-    quantize_copy,
-    quantize_mixed,
-    register_schema,
-)
+from harness.cli import register_configs
+from harness.config import EXPERIMENTS_DIR, quantizer_config
+from harness.models.quantize import target_layers
+from harness.models.sources import ModelConfig, load_model
+from harness.sensitivity.config import SensitivityConfig
+from harness.sensitivity.groups import combined_bits, layer_groups, quantize_copy, quantize_mixed
 
 pytestmark = pytest.mark.filterwarnings("ignore:MatMul8bitLt")
 
 
 def compose_sensitivity(overrides):
     register_configs()
-    register_schema()
     with initialize_config_dir(str(EXPERIMENTS_DIR), version_base=None):
         return compose("sensitivity", overrides=overrides)
 
@@ -84,7 +78,7 @@ def test_quantizing_a_group_changes_only_that_group(tiny, group_name):
 
 
 def dequantized(module):
-    from adapters.base_layer import dequantized_weight
+    from quantizers.layers import dequantized_weight
 
     return dequantized_weight(module, torch.float64)
 
@@ -125,7 +119,7 @@ def markdown_tables(text: str) -> dict[str, pd.DataFrame]:
 
 
 def test_command_writes_every_output_with_ranked_tables(tmp_path):
-    from harness.sensitivity import run
+    from harness.sensitivity.run import run
 
     cfg = compose_sensitivity(["model=tiny-llama", "max_tokens=256", "context_length=64", "compute_dtype=float32",
                                "granularity=layer", "top_k=[1,2]", "mixed_by=[block,layer]", f"output_dir={tmp_path}"])

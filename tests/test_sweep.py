@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from harness.records import read_records, write_atomic
-from harness.sweep import plan_sweep, tidy
+from harness.sweep.collect import tidy
+from harness.sweep.plan import plan_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 # the tiny model, two steps of 2 x 32 tokens and a 256-token evaluation: each cell takes seconds
@@ -159,8 +160,8 @@ def test_sigkill_mid_cell_then_resume_gives_the_same_table(ranks_sweep, tmp_path
 
 def test_a_crashing_cell_is_recorded_and_the_others_complete(tmp_path, monkeypatch):
     """In-process (the default launcher) so that one cell can be made to crash: LoRA r=2 raises mid-cell."""
-    from harness import runner
     from harness.cli import sweep as sweep_cli
+    from harness.sweep import cell as runner
 
     real = runner.execute
 

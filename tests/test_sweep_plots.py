@@ -11,8 +11,10 @@ import pytest
 from scipy import stats
 
 from harness.records import write_record
-from harness.report import write_report
-from harness.sweep_plots import FIGURES, make_figures, recovery_share
+from harness.registry import FIGURES
+from harness.report.figures import make_figures
+from harness.report.figures_quality import recovery_share
+from harness.report.markdown import write_report
 
 FULL_PRECISION = 21.5
 # quantizer -> (weight SQNR dB, perplexity before fine-tuning): the bases of the synthetic sweep
@@ -22,7 +24,7 @@ LAYERS_PARAMS = 57_600  # LoRA's trainable parameters per unit of rank on SmolLM
 
 def record(quantizer: str, adapter: str, rank: int, seed: int, grid: str, status: str = "ok",
            error: str = "") -> dict:
-    """A record as harness.runner.run_cell writes it (the keys the plot and report commands read)."""
+    """A record as harness.sweep.cell.run_cell writes it (the keys the plot and report commands read)."""
     sqnr, before = BASES[quantizer]
     overrides = [f"quantizer={quantizer.replace('+', '_')}", f"adapter={adapter}", f"adapter.rank={rank}",
                  f"train.seed={seed}", f"+grid={grid}"]
@@ -83,8 +85,8 @@ def plotted(tmp_path_factory):
 
 def test_every_figure_is_written(plotted):
     folder, result, lines = plotted
-    assert set(result.written) == set(FIGURES), result.skipped
-    for name in FIGURES:
+    assert set(result.written) == set(FIGURES.names()), result.skipped
+    for name in FIGURES.names():
         for fmt in ("png", "pdf"):
             path = folder / "figures" / f"{name}.{fmt}"
             assert path.is_file() and path.stat().st_size > 1000, path
@@ -141,7 +143,7 @@ def test_report_links_existing_files_and_lists_the_failed_cell(plotted):
     assert targets and all((folder / t).is_file() for t in targets), targets
     assert "tables/summary.md" in targets and "tables/comparisons.md" not in targets
     assert "python -m harness table" in text  # says how to get the missing table
-    for name in FIGURES:
+    for name in FIGURES.names():
         assert f"figures/{name}.png" in targets
     assert text.startswith("# Sweep ranks")
     assert "20 cells (19 ok, 1 failed)" in text

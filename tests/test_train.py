@@ -9,8 +9,12 @@ import torch
 
 from adapters.base import IncompatibleError
 from harness import device as harness_device
-from harness import train as harness_train
-from harness.train import TrainConfig, TrainSettings, lr_factor, plan
+from harness.training import loop as training_loop
+from harness.training import plan as training_plan
+from harness.training import run as training_run
+from harness.training.config import TrainConfig, TrainSettings
+from harness.training.loop import lr_factor
+from harness.training.plan import plan
 
 TINY = {"name": "tiny-llama", "source": "tiny", "arch": "llama"}
 REQUIRED_METRICS = {"perplexity_before", "perplexity_after", "perplexity_merged", "loss_first", "loss_last",
@@ -41,7 +45,7 @@ def config(text_file, tmp_path, quantizer=None, adapter=None, module="auto", **t
 
 
 def test_a_run_writes_the_output_contract(text_file, tmp_path):
-    metrics = harness_train.run(config(text_file, tmp_path))
+    metrics = training_run.run(config(text_file, tmp_path))
     out = tmp_path / "run"
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -64,8 +68,8 @@ def test_a_run_writes_the_output_contract(text_file, tmp_path):
 
 
 def test_zero_steps_evaluates_the_quantized_base_only(text_file, tmp_path):
-    trained = harness_train.run(config(text_file, tmp_path / "a", steps=1))
-    metrics = harness_train.run(config(text_file, tmp_path / "b", steps=0))
+    trained = training_run.run(config(text_file, tmp_path / "a", steps=1))
+    metrics = training_run.run(config(text_file, tmp_path / "b", steps=0))
     assert "perplexity_after" not in metrics and "train_seconds" not in metrics
     # the same seed, base and text: the base's perplexity is the one a trained run starts from, bit for bit
     assert metrics["perplexity_before"] == trained["perplexity_before"]
@@ -78,9 +82,9 @@ def test_the_same_seed_gives_the_same_losses_bit_for_bit(text_file, tmp_path):
     def losses(seed, where):
         cfg = config(text_file, tmp_path / where, adapter=adapter, seed=seed)
         p = plan(cfg)
-        model, tokenizer, _ = harness_train.build_model(p)
-        blocks, _ = harness_train.data_for(p, tokenizer)
-        return [r["loss"] for r in harness_train.fine_tune(model, blocks, p)]
+        model, tokenizer, _ = training_plan.build_model(p)
+        blocks, _ = training_plan.data_for(p, tokenizer)
+        return [r["loss"] for r in training_loop.fine_tune(model, blocks, p)]
 
     first, second, other = losses(0, "a"), losses(0, "b"), losses(1, "c")
     assert first == second  # exact float equality, not approx
@@ -91,10 +95,10 @@ def test_an_incompatible_pair_is_rejected_before_any_model_is_loaded(text_file, 
     def no_loading(*_):
         raise AssertionError("a model was loaded before the configs were checked")
 
-    monkeypatch.setattr("harness.models.load_model", no_loading)
+    monkeypatch.setattr("harness.models.sources.load_model", no_loading)
     cfg = config(text_file, tmp_path, adapter={"name": "qalora", "rank": 4})
     with pytest.raises(IncompatibleError, match="intk"):
-        harness_train.run(cfg)
+        training_run.run(cfg)
     with pytest.raises(IncompatibleError, match="module=harness"):
         plan(config(text_file, tmp_path, adapter={"name": "loha"}, module="bitsandbytes"))
 
@@ -133,10 +137,10 @@ def test_training_after_an_evaluation_gets_the_same_gradients(text_file, tmp_pat
 
     def gradients(evaluate_first):
         p = plan(cfg)
-        model, tokenizer, _ = harness_train.build_model(p)
-        blocks, ids = harness_train.data_for(p, tokenizer)
+        model, tokenizer, _ = training_plan.build_model(p)
+        blocks, ids = training_plan.data_for(p, tokenizer)
         if evaluate_first:
-            harness_train.evaluate(model, ids, tokenizer, p)
+            training_plan.evaluate(model, ids, tokenizer, p)
         model.train()
         model(input_ids=blocks[:2], labels=blocks[:2]).loss.backward()
         return {n: q.grad.clone() for n, q in model.named_parameters() if q.requires_grad}
@@ -148,7 +152,7 @@ def test_training_after_an_evaluation_gets_the_same_gradients(text_file, tmp_pat
 
 def test_adalora_records_the_final_rank_of_every_layer(text_file, tmp_path):
     adapter = {"name": "adalora", "rank": 2, "init_r": 4, "tinit": 1, "tfinal": 1, "targets": ["q_proj", "v_proj"]}
-    harness_train.run(config(text_file, tmp_path, adapter=adapter, steps=6))
+    training_run.run(config(text_file, tmp_path, adapter=adapter, steps=6))
     ranks = json.loads((tmp_path / "run" / "run.json").read_text())["resolved"]["final_ranks"]
     assert len(ranks) == 4  # 2 layers x (q_proj, v_proj)
     assert all(0 <= r <= 4 for r in ranks.values()) and sum(ranks.values()) < 4 * 4

@@ -67,7 +67,7 @@ class AdaLoraConfig(AdapterConfig):
 
     def merge_layer(self, layer, adapter_name: str) -> None:
         # PEFT's bitsandbytes SVD layers have no get_delta_weight; this is SVDLinear's formula, for every kind
-        from adapters import base_layer
+        from quantizers import layers as base_layer
 
         delta = (layer.lora_B[adapter_name] @ (layer.lora_A[adapter_name] * layer.lora_E[adapter_name])).float()
         delta = delta * layer.scaling[adapter_name] / (layer.ranknum[adapter_name] + 1e-5)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from adapters import base_layer
 from adapters.base import tuner_layers
+from quantizers import layers as base_layer
 
 
 @torch.no_grad()

@@ -1,16 +1,64 @@
-"""One module per command; each exposes main()."""
+"""One module per command, each exposing main() and doing little more than parse, call and exit. What they
+share is here: the Hydra set-up every Hydra command uses, and the sweep-folder argument of collect/table/plot."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import hydra
+from hydra.core.config_store import ConfigStore
+
+from harness.config import EXPERIMENTS_DIR
+from harness.data.corpus import DataConfig
+from harness.evaluation.config import EvalConfig
+from harness.memory.report import MemoryConfig
+from harness.models.sources import ModelConfig
+from harness.registry import ADAPTERS, QUANTIZERS
+from harness.sensitivity.config import SensitivityConfig
+from harness.sweep.config import SweepConfig
+from harness.training.config import TrainConfig
+from harness.user_error import UserError, exits_on_user_error
+from harness.weight_errors.config import ErrorsConfig
+
+_registered = False
+
+
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent). Each quantizer's and adapter's dataclass is stored
+    as `<group>/<name>_schema`, which its YAML names in its defaults list, so Hydra type-checks the YAML's values
+    against the dataclass; the commands' own schemas as `<command>_schema`."""
+    global _registered
+    if _registered:
+        return
+    cs = ConfigStore.instance()
+    for entry in QUANTIZERS:
+        cs.store(group="quantizer", name=f"{entry.name}_schema", node=entry.obj)
+    for entry in ADAPTERS:
+        cs.store(group="adapter", name=f"{entry.name}_schema", node=entry.obj)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    for name, schema in (("errors", ErrorsConfig), ("eval", EvalConfig), ("train", TrainConfig),
+                         ("sweep", SweepConfig), ("memory", MemoryConfig), ("sensitivity", SensitivityConfig)):
+        cs.store(name=f"{name}_schema", node=schema)
+    _registered = True
+
+
+def hydra_command(config_name: str):
+    """Decorator for a command's `main(cfg)`: every schema registered, experiments/<config_name>.yaml composed
+    with the command line's overrides, and a UserError printed as one line with exit status 2."""
+    register_configs()
+
+    def wrap(main):
+        return hydra.main(config_path=str(EXPERIMENTS_DIR), config_name=config_name,
+                          version_base=None)(exits_on_user_error(main))
+
+    return wrap
+
 
 def sweep_dir_argument(command: str) -> Path:
     """The one argument of collect, table and plot: a sweep's output folder holding cells/<hash>/record.json.
     Anything else raises a UserError that says what is accepted."""
-    from harness.user_error import UserError
-
     usage = f"usage: python -m harness {command} <sweep dir> (a sweep's output_dir, e.g. results/sweeps/ranks)"
     if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
         raise UserError(usage)

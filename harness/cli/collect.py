@@ -8,7 +8,7 @@ from harness.user_error import exits_on_user_error
 
 @exits_on_user_error
 def main() -> None:
-    from harness.sweep import collect
+    from harness.sweep.collect import collect
 
     sweep_dir = sweep_dir_argument("collect")
     frame = collect(sweep_dir)

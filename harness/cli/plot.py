@@ -9,8 +9,8 @@ from harness.user_error import exits_on_user_error
 
 @exits_on_user_error
 def main() -> None:
-    from harness.report import write_report
-    from harness.sweep_plots import make_figures
+    from harness.report.figures import make_figures
+    from harness.report.markdown import write_report
 
     sweep_dir = sweep_dir_argument("plot")
     result = make_figures(sweep_dir)

@@ -10,8 +10,8 @@ from harness.user_error import exits_on_user_error
 
 @exits_on_user_error
 def main() -> None:
-    from harness.report import write_report
-    from harness.sweep_table import write_tables
+    from harness.report.markdown import write_report
+    from harness.report.tables import write_tables
 
     sweep_dir = sweep_dir_argument("table")
     summary, count, paths = write_tables(sweep_dir)

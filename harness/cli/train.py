@@ -1,21 +1,19 @@
 """`python -m harness train [model=] [quantizer=] [adapter=] [train.*=] [output_dir=DIR]`: fine-tune one adapter
-on one quantized base (harness.train does the work)."""
+on one quantized base (harness.training does the work)."""
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from harness.config import register_configs
-from harness.user_error import exits_on_user_error, validating
-
-register_configs()
+from harness.cli import hydra_command
+from harness.user_error import validating
 
 
-@hydra.main(config_path="../../experiments", config_name="train", version_base=None)
-@exits_on_user_error
+@hydra_command("train")
 def main(cfg: DictConfig) -> None:
-    from harness.train import plan, run, train_config
+    from harness.training.config import train_config
+    from harness.training.plan import plan
+    from harness.training.run import run
 
     with validating():
         config = train_config(cfg)

@@ -1,0 +1,129 @@
+"""Text corpora for calibration, training and evaluation: a registry of loaders, splits, tokenise + pack.
+
+`load_corpus(DataConfig(name=...))` gives a Corpus of three strings (train / validation / test). Corpora
+without official splits are cut into whole units (chapters, books, documents, paragraphs) and each unit
+goes to exactly one split, chosen by a seeded hash, so splits never overlap and never change between runs.
+
+The splits, the corpus schema and the registry lookup live here; each corpus registers itself in its own module
+(janeausten.py, files.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.config import default_cache_dir, validated
+from harness.registry import CORPORA, RegistryError
+
+FILE_CORPORA = ("text_file", "jsonl")  # the corpora that read data.path
+
+SPLIT_BY = ("chapter", "book")
+
+HELDOUT_FRACTION = 0.1  # of the units, for validation and again for test
+
+SPLITS = ("train", "validation", "test")
+
+
+class CorpusError(ValueError):
+    """A corpus that is missing, empty, unreadable or cannot be fetched; the message says how to get it."""
+
+
+@dataclass
+class DataConfig:
+    """Which corpus, how to split it, how to pack it (experiments/data/*.yaml)."""
+
+    name: str = "janeausten"  # a registered corpus: janeausten, wikitext2, text_file, jsonl
+    path: str | None = None  # text_file / jsonl: the file to read
+    text_field: str = "text"  # jsonl: the key holding each document's text
+    split_by: str = "chapter"  # janeausten: "chapter" or "book" (4 novels train, 1 validation, 1 test)
+    seed: int = 0  # which units (chapters, documents) go to validation and test; split_by=book is fixed
+    block_size: int = 1024  # tokens per packed block
+    cache_dir: str | None = None  # None: $HARNESS_CACHE, else ~/.cache/quant-harness
+
+    def __post_init__(self) -> None:
+        try:
+            CORPORA.entry(self.name)
+        except RegistryError as err:
+            raise RegistryError(f"data.name: {err}") from None
+        if self.name in FILE_CORPORA and not self.path:
+            raise ValueError(
+                f"data.path is required for corpus {self.name!r}; set data.path=/path/to/your/file"
+            )
+        if self.name in FILE_CORPORA and not Path(self.path).expanduser().is_file():
+            raise CorpusError(f"data.path={self.path!r} is not a file; set data.path to an existing "
+                              f"{'JSONL' if self.name == 'jsonl' else 'text'} file")
+        if self.split_by not in SPLIT_BY:
+            raise ValueError(f"data.split_by={self.split_by!r} is not supported; use one of {list(SPLIT_BY)}")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(
+                f"data.block_size={self.block_size!r} must be a positive number of tokens (e.g. 1024)"
+            )
+        if not self.text_field:
+            raise ValueError("data.text_field is empty; name the JSONL key that holds the text (e.g. text)")
+        if self.cache_dir is None:
+            self.cache_dir = str(default_cache_dir())
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    train: str
+    validation: str
+    test: str
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {
+            s: {"characters": len(getattr(self, s)), "words": len(getattr(self, s).split())} for s in SPLITS
+        }
+
+    def describe(self) -> str:
+        rows = [f"{self.name}: {'split':<10} {'characters':>12} {'words':>10}"]
+        for split, st in self.stats().items():
+            rows.append(f"{'':{len(self.name) + 2}}{split:<10} {st['characters']:>12,} {st['words']:>10,}")
+        return "\n".join(rows)
+
+
+def load_corpus(cfg: DataConfig | None = None) -> Corpus:
+    cfg = cfg or DataConfig()
+    return CORPORA.get(cfg.name)(cfg)
+
+
+def data_config(node: Any) -> DataConfig:
+    """A composed `data` node (DictConfig or dict) -> the validated DataConfig."""
+    return validated(DataConfig, node)
+
+
+def split_units(units: list[str], seed: int, keys: list[str] | None = None) -> tuple[str, str, str]:
+    """Whole units -> (train, validation, test) texts, each joined by blank lines in their original order.
+
+    Units are ranked by sha256(seed, key); the first HELDOUT_FRACTION go to validation, the next to test
+    (at least one each). Keys default to the units' positions; give stable names when units can move.
+    """
+    if len(units) < 3:
+        raise ValueError(
+            f"need at least 3 units (chapters, documents, paragraphs) for three splits, got {len(units)}"
+        )
+    keys = keys or [str(i) for i in range(len(units))]
+    rank = sorted(range(len(units)), key=lambda i: hashlib.sha256(f"{seed}:{keys[i]}".encode()).digest())
+    n_held = max(1, round(HELDOUT_FRACTION * len(units)))
+    held = {
+        i: split
+        for split, part in (("validation", rank[:n_held]), ("test", rank[n_held : 2 * n_held]))
+        for i in part
+    }
+    return tuple("\n\n".join(u for i, u in enumerate(units) if held.get(i, "train") == s) for s in SPLITS)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    # write-then-rename: a concurrent reader never sees half a file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False))
+    os.replace(tmp, path)
+
+

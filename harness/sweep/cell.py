@@ -1,0 +1,161 @@
+"""One sweep cell: quantize -> evaluate -> fine-tune -> evaluate -> merge -> evaluate -> record.
+
+A cell lives in <sweep dir>/cells/<hash>/, the hash taken over its resolved config (every field that changes the
+result; not the output folder, the progress bar or the sweep's own knobs), so two cells never share a folder and
+the same cell run again finds its folder. The cell's record.json is written last and atomically: a record that
+exists is complete, and a cell killed in flight (even by SIGKILL) has none and simply runs again.
+
+Work shared between cells (base evaluations, the quantized base) lives in harness.sweep.bases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from adapters.base import IncompatibleError
+from harness.evaluation.perplexity import SEGMENT_TOKENS
+from harness.records import run_metadata, write_record
+from harness.sweep.bases import (
+    before_identity,
+    cached,
+    quantized_base,
+    reference_identity,
+    reference_perplexity,
+)
+from harness.sweep.budget import with_budget
+from harness.sweep.config import SweepConfig, cell_hash, describe, sweep_config
+from harness.training.config import resolve_optimizer
+from harness.training.plan import Plan, attach_adapter, data_for, eval_context, evaluate, plan
+from harness.training.run import base_metrics, resolved, train_and_evaluate, write_outputs
+from harness.user_error import message
+
+
+def run_cell(node: DictConfig, overrides: list[str] | None = None) -> dict:
+    """Run (or find already done) the cell `node` describes -> its record."""
+    started = time.perf_counter()
+    config = sweep_config(node)
+    key = cell_hash(node)
+    cell_dir = Path(config.output_dir) / "cells" / key
+    path = cell_dir / "record.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous["status"] != "failed" or not config.sweep.rerun_failed:
+            return previous | {"reused": True}
+    record = run_metadata(node, "sweep") | {
+        "config_hash": key, "overrides": list(overrides or []), "cell": describe(config), "seed": config.train.seed}
+    try:
+        p = plan(dataclasses.replace(config, output_dir=str(cell_dir)))
+        if config.match_budget:
+            config, record["budget"] = with_budget(config)
+            record["cell"] = describe(config)
+            p = plan(dataclasses.replace(config, output_dir=str(cell_dir)))
+    except IncompatibleError as exc:  # a pair that cannot run (QA-LoRA on nf4, ...): recorded, not an error
+        record.update(status="skipped", error=message(exc), metrics={})
+    else:
+        record["resolved"] = resolved(p)
+        try:
+            metrics, losses = execute(p, config)
+            record.update(status="ok", error="", metrics=metrics, losses=losses)
+        except Exception as exc:  # the sweep goes on; the record says what happened  # noqa: BLE001
+            record.update(status="failed", error=f"{type(exc).__name__}: {message(exc)}",
+                          traceback=traceback.format_exc(), metrics={})
+    record["seconds"] = time.perf_counter() - started
+    write_record(path, record)
+    return record
+
+
+def execute(p: Plan, config: SweepConfig) -> tuple[dict[str, float], dict]:
+    """Quantize (or copy the cached base), evaluate, fine-tune, evaluate, merge, evaluate -> (the metrics, the
+    per-segment losses of every evaluation: what paired comparisons between cells read)."""
+    sweep_dir = Path(config.output_dir)
+    model, tokenizer, report, weights = quantized_base(p)
+    blocks, ids = data_for(p, tokenizer)
+    metrics = {}
+    losses = {"text": text_key(ids, eval_context(model, p)), "segment_tokens": SEGMENT_TOKENS}
+    if config.sweep.reference:
+        reference = cached(sweep_dir, reference_identity(p), lambda: reference_perplexity(p, ids))
+        metrics["perplexity_full_precision"] = reference.perplexity
+        losses["full_precision"] = reference.losses()
+    if weights is None:  # the adapter starts at zero: the attached model is the base, its evaluation shared
+        before = cached(sweep_dir, before_identity(p), lambda: evaluate(model, ids, tokenizer, p))
+        model = attach_adapter(p, model) if p.train.steps else model
+    else:  # an init that moves the weights (LoftQ): evaluated as attached
+        model = attach_adapter(p, model, weights)
+        before = evaluate(model, ids, tokenizer, p)
+    print(f"  perplexity before {before.perplexity:.3f}")
+    if p.train.steps == 0:  # an evaluation-only cell (perplexity by data type): nothing is trained or saved
+        return metrics | base_metrics(p, report, before), losses | {"before": before.losses()}
+    trained, rows, stages = train_and_evaluate(p, model, tokenizer, report, blocks, ids, before, config.merge)
+    metrics |= trained | predicted_memory(p)
+    write_outputs(p, config, metrics, rows, p.adapter.report(model))
+    if config.logger == "tensorboard":
+        write_tensorboard(p.output_dir / "tensorboard", rows, metrics)
+    return metrics, losses | stages
+
+
+def text_key(ids: torch.Tensor, context: int) -> str:
+    """What makes two evaluations' segments pair up: the same token ids, windows and segment length."""
+    import hashlib
+
+    digest = hashlib.sha256(ids.to(torch.int64).numpy().tobytes())
+    digest.update(f"context={context},segment={SEGMENT_TOKENS}".encode())
+    return digest.hexdigest()
+
+
+def predicted_memory(p: Plan) -> dict[str, float]:
+    """The memory predictor's parts for this very run (meta device), as predicted_memory_<part>_bytes, beside
+    the measured memory_<part>_bytes. Frozen weights in the compute dtype; the adapter trains in fp32 (PEFT
+    keeps adapter weights fp32), so no master copy."""
+    from harness.memory.predictor import Scenario, predict
+
+    dtype = getattr(torch, p.compute_dtype)
+    optimizer = resolve_optimizer(p.train.optimizer, p.device)
+    scenario = Scenario("cell", None if p.quantizer.name == "none" else p.quantizer, p.adapter,
+                        weight_bytes=torch.finfo(dtype).bits // 8, precision="fp32", optimizer=optimizer)
+    try:
+        parts = predict(p.model, scenario, p.train.batch_size, p.train.seq_len, p.train.gradient_checkpointing,
+                        compute_dtype=dtype)
+    except Exception as exc:  # noqa: BLE001  a prediction the predictor cannot make costs the rows, not the cell
+        print(f"  no memory prediction for this cell: {type(exc).__name__}: {exc}")
+        return {}
+    rows = {f"predicted_memory_{k}_bytes": v for k, v in parts.items() if k not in ("total", "trainable_params",
+                                                                                      "total_params")}
+    return rows | {"predicted_peak_memory_bytes": parts["total"]}
+
+
+def write_tensorboard(folder: Path, rows: list[dict], metrics: dict[str, float]) -> None:
+    """Loss, learning rate and tokens/s per step, and the final metrics, as TensorBoard event files."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(folder))
+    for row in rows:
+        for name in ("loss", "lr", "tokens_per_second"):
+            writer.add_scalar(f"train/{name}", row[name], row["step"])
+    for name, value in metrics.items():
+        writer.add_scalar(f"metrics/{name}", value, len(rows))
+    writer.close()
+
+
+def run_job(cfg) -> None:
+    """One Hydra job = one cell (in this process, a joblib worker or a SLURM job): run it and print one line."""
+    from hydra.core.hydra_config import HydraConfig
+
+    job = HydraConfig.get().job
+    overrides = list(HydraConfig.get().overrides.task)
+    label = " ".join(o for o in overrides if not o.startswith(("hydra", "+grid")))
+    print(f"[cell {job.num}] {label or '(defaults)'}", flush=True)
+    record = run_cell(cfg, overrides)
+    m = record.get("metrics") or {}
+    stages = [f"{m[k]:.3f}" for k in ("perplexity_before", "perplexity_after") if k in m]
+    result = (f"perplexity {' -> '.join(stages)}"
+              + (f", merged {m['perplexity_merged']:.3f}" if "perplexity_merged" in m else "")) if m else record["error"]
+    again = " (done before; kept)" if record.get("reused") else ""
+    print(f"[cell {job.num}] {record['status']}{again}: {result}  ({record['seconds']:.0f} s) "
+          f"{record['config_hash']}", flush=True)

@@ -1,0 +1,117 @@
+"""`python -m harness train`: one fine-tuning loop for every adapter on every quantized base.
+
+A run: check the configs (adapter x quantizer compatibility included) -> load the model -> quantize ->
+attach the adapter -> perplexity before -> train -> perplexity after -> save the adapter (PEFT's format) ->
+merge -> perplexity merged -> metrics.csv, loss.csv, run.json. Nothing is loaded before the configs pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from adapters import base as adapters
+from harness.config import quantizer_label
+from harness.measure import PeakMemory, memory_in_use, release_freed_memory, reuse_freed_memory
+from harness.records import write_run_json
+from harness.training.accounting import memory_rows, quantized_share, training_peak, weight_bytes
+from harness.training.config import TrainConfig
+from harness.training.loop import fine_tune
+from harness.training.plan import Plan, build_model, data_for, evaluate, plan
+
+
+def run(cfg: TrainConfig) -> dict[str, float]:
+    """Fine-tune as configured; write DIR/metrics.csv, loss.csv, adapter/, run.json; return the metrics."""
+    started = time.perf_counter()
+    p = plan(cfg)
+    print(f"train: {p.model.name}, quantizer {quantizer_label(p.quantizer)} on {p.layer_kind} layers, adapter "
+          f"{p.adapter.name} r={p.adapter.rank}, device {p.device}, compute {p.compute_dtype} -> {p.output_dir}")
+    model, tokenizer, report = build_model(p)
+    blocks, ids = data_for(p, tokenizer)
+    before = evaluate(model, ids, tokenizer, p)
+    print(f"  perplexity before {before.perplexity:.3f} ({ids.numel()} {p.train.eval_split} tokens)")
+    if p.train.steps == 0:
+        metrics, rows = base_metrics(p, report, before), []
+    else:
+        metrics, rows, _ = train_and_evaluate(p, model, tokenizer, report, blocks, ids, before, cfg.merge)
+    metrics["seconds"] = time.perf_counter() - started
+    write_outputs(p, cfg, metrics, rows, p.adapter.report(model))
+    return metrics
+
+
+def base_metrics(p: Plan, report, before) -> dict[str, float]:
+    """What a run with train.steps=0 reports: the quantized base's perplexity, its bits and weight error."""
+    metrics = {"perplexity_before": before.perplexity, "bits_per_param": bits_per_param(p, report)}
+    if report.layers:
+        metrics["weight_sqnr_db"] = report.weight_sqnr_db
+    return metrics
+
+
+def bits_per_param(p: Plan, report) -> float:
+    return report.bits_per_param if report.layers else torch.finfo(getattr(torch, p.compute_dtype)).bits
+
+
+def train_and_evaluate(p: Plan, model, tokenizer, report, blocks: torch.Tensor, ids: torch.Tensor, before,
+                       merge: bool) -> tuple[dict[str, float], list[dict], dict]:
+    """Fine-tune the attached adapter with its memory measured, evaluate, save the adapter into p.output_dir,
+    merge and evaluate again if asked -> (metrics, loss rows, per-segment losses of each stage).
+    before: the PerplexityResult of the attached model before training."""
+    trainable, total = model.get_nb_trainable_parameters()
+    memory = weight_bytes(model)
+    release_freed_memory()  # so the peak below is the training's, not what loading left behind
+    start = memory_in_use(p.device)
+    train_start = time.perf_counter()
+    with reuse_freed_memory(p.device), PeakMemory(p.device) as peak:
+        rows = fine_tune(model, blocks, p, memory)
+    train_seconds = time.perf_counter() - train_start
+    peak_bytes = training_peak(peak, start, memory, p.device)
+    after = evaluate(model, ids, tokenizer, p)
+    print(f"  perplexity after  {after.perplexity:.3f}")
+    p.output_dir.mkdir(parents=True, exist_ok=True)
+    adapters.save(model, p.output_dir / "adapter", p.adapter)
+    metrics = {
+        **base_metrics(p, report, before), "perplexity_after": after.perplexity,
+        "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"],
+        "trainable_params": trainable, "total_params": total, "trainable_share": trainable / total,
+        "train_tokens": p.train.tokens_per_step * p.train.steps, "train_seconds": train_seconds,
+        "train_tokens_per_second": p.train.tokens_per_step * p.train.steps / train_seconds,
+        "peak_memory_bytes": peak_bytes,
+        # CUDA: what the caching allocator held at its peak (>= allocated); CPU: the same as the peak
+        "peak_memory_reserved_bytes": peak.reserved_bytes if p.device.type == "cuda" else peak_bytes,
+        **memory_rows(memory, peak_bytes),
+    }
+    losses = {"before": before.losses(), "after": after.losses()}
+    if merge:
+        adapters.merge(model, p.adapter)
+        metrics["merged_quantized_share"] = quantized_share(model)
+        merged = evaluate(model, ids, tokenizer, p)
+        metrics["perplexity_merged"] = merged.perplexity
+        losses["merged"] = merged.losses()
+        print(f"  perplexity merged {metrics['perplexity_merged']:.3f}")
+    return metrics, rows, losses
+
+
+def resolved(p: Plan) -> dict[str, Any]:
+    """What the run decided that the config left open (device=auto, compute_dtype=auto, module=auto, ...)."""
+    return {"device": str(p.device), "compute_dtype": p.compute_dtype, "module": p.module,
+            "layer_kind": p.layer_kind, "quantizer": asdict(p.quantizer) | {"label": quantizer_label(p.quantizer)},
+            "adapter": asdict(p.adapter)}
+
+
+def write_outputs(p: Plan, cfg: TrainConfig, metrics: dict, rows: list[dict], extra: dict) -> None:
+    out = p.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["metric", "value"])
+        writer.writerows([k, float(v)] for k, v in metrics.items())
+    with open(out / "loss.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "tokens_per_second"])
+        writer.writeheader()
+        writer.writerows(rows)
+    write_run_json(out, cfg, "train", resolved=resolved(p) | extra)
+    print(f"wrote {out}/metrics.csv, loss.csv, adapter/, run.json")
