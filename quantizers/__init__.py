@@ -7,6 +7,7 @@ experiments/quantizer/) and nothing else changes.
 import importlib
 import pkgutil
 
+from quantizers import bnb  # noqa: F401  (adds bitsandbytes' dequantizer to base.DEQUANTIZERS)
 from quantizers.base import (  # noqa: F401  (the public vocabulary)
     Backend,
     PerBlock,
@@ -16,8 +17,6 @@ from quantizers.base import (  # noqa: F401  (the public vocabulary)
     Quantizer,
     QuantizerConfig,
 )
-
-from quantizers import bnb  # noqa: F401, E402  (adds bitsandbytes' dequantizer to base.DEQUANTIZERS)
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.ispkg:

@@ -106,13 +106,16 @@ def dequantize(qt: QuantizedTensor, dtype: torch.dtype) -> torch.Tensor:
 DEQUANTIZERS["bitsandbytes"] = dequantize
 
 
+def int8_vectorwise(w: torch.Tensor, threshold: float = 0.0):
+    """bitsandbytes' LLM.int8 row-wise kernel on a 2-D weight -> (int8 codes, row absmax, outlier columns).
+    Its CUDA kernel takes fp16 only (bitsandbytes' own Int8Params casts to fp16 first), its CPU kernel fp32."""
+    a = w.detach().to(torch.float16 if w.is_cuda else torch.float32).contiguous().clone()  # zeroes outliers in place
+    return _functional().int8_vectorwise_quant(a, threshold=threshold)
+
+
 def int8_rowwise(w: torch.Tensor, threshold: float, name: str) -> QuantizedTensor:
     """LLM.int8 vector-wise quantization with bitsandbytes' kernel (w: 2-D)."""
-    F = _functional()
-    # bitsandbytes' CUDA kernel takes fp16 only (its own Int8Params casts to fp16 first); its CPU kernel fp32.
-    # clone: the kernel zeroes outliers in place while it works
-    a = w.to(torch.float16 if w.is_cuda else torch.float32).contiguous().clone()
-    codes, row_stats, outlier_cols = F.int8_vectorwise_quant(a, threshold=threshold)
+    codes, row_stats, outlier_cols = int8_vectorwise(w, threshold)
     cols = outlier_cols if outlier_cols is not None else torch.empty(0, dtype=torch.int64)
     return QuantizedTensor(
         qdata=codes, scale=row_stats / 127.0, granularity=PerRow(), bits=8, shape=w.shape, dtype=w.dtype,

@@ -77,15 +77,14 @@ def bnb_linear4bit(linear: nn.Linear, config, name: str) -> nn.Module:
 
 
 def bnb_int8params(weight: torch.Tensor, name: str = "weight"):
-    """Int8Params of LLM.int8 row-wise absmax codes (no outlier threshold), quantized from `weight` as it is
-    with the same kernel as the harness' int8 quantizer, so both module kinds hold identical codes
-    (Linear8bitLt's own .to(device) would round the weight to fp16 first)."""
-    from bitsandbytes.functional import int8_vectorwise_quant
+    """Int8Params of LLM.int8 row-wise absmax codes (no outlier threshold), quantized with the same kernel and
+    input as the harness' int8 quantizer (quantizers.bnb.int8_vectorwise: fp32 on the CPU, fp16 on CUDA, as
+    Linear8bitLt's own .to(device) does), so both module kinds hold identical codes."""
     from bitsandbytes.nn import Int8Params
 
     check_finite(weight, name)
     # the kernel behind quantizers.bnb.int8_rowwise; SCB must be the row absmax, which it returns directly
-    codes, row_absmax, _ = int8_vectorwise_quant(weight.detach().float().contiguous().clone())
+    codes, row_absmax, _ = bnb.int8_vectorwise(weight)
     return Int8Params(codes, requires_grad=False, has_fp16_weights=False, CB=codes, SCB=row_absmax)
 
 
