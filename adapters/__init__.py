@@ -1,8 +1,8 @@
 """Adapters (LoRA, LoHa, LoKr, AdaLoRA, QA-LoRA): one sub-package each, registered in harness.registry.ADAPTERS.
 
 Importing this package imports every sub-package, so a new adapter is one folder (plus one YAML under
-experiments/adapter/) and nothing else changes. base.py holds what they share; base_layer.py is their one view
-of the (quantized) layer under them.
+experiments/adapter/) and nothing else changes. base.py holds what they share; quantizers/layers.py is
+their one view of the (quantized) layer under them.
 """
 
 import importlib

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from quantizers import layers as base_layer
+from quantizers import layers
 
 # targets presets; anything else is a list of module names (PEFT matches them as name suffixes)
 ALL_LINEAR = "all-linear"  # every linear layer but the output head (QLoRA's choice)
@@ -49,7 +49,7 @@ class AdapterConfig:
     init: str = "default"
 
     # base layer kinds the adapter can sit on (quantizers.layers.KINDS)
-    layer_kinds: ClassVar[tuple[str, ...]] = base_layer.KINDS
+    layer_kinds: ClassVar[tuple[str, ...]] = layers.KINDS
     inits: ClassVar[tuple[str, ...]] = ("default",)
     has_rslora: ClassVar[bool] = True
 
@@ -107,7 +107,7 @@ class AdapterConfig:
         """Add the adapter's update into the base layer's weight (re-quantized as that weight is)."""
         base = layer.get_base_layer()
         delta = layer.get_delta_weight(adapter_name).float()
-        base_layer.set_weight(base, base_layer.dequantized_weight(base) + delta)
+        layers.set_weight(base, layers.dequantized_weight(base) + delta)
 
     def report(self, model) -> dict[str, Any]:
         """Extra facts to record after training (AdaLoRA: the final rank of every layer)."""
@@ -166,7 +166,7 @@ def merge(model, cfg: AdapterConfig) -> int:
         for name in layer.active_adapters:
             if name in layer.merged_adapters:
                 continue
-            handle = base_layer.snapshot(layer.get_base_layer())
+            handle = layers.snapshot(layer.get_base_layer())
             cfg.merge_layer(layer, name)
             layer.merged_adapters.append(name)  # PEFT's forward now runs the base layer alone
             layer.__dict__.setdefault("_harness_snapshots", []).append(handle)
@@ -181,7 +181,7 @@ def unmerge(model) -> int:
         snapshots = layer.__dict__.get("_harness_snapshots", [])
         while layer.merged_adapters:
             layer.merged_adapters.pop()
-            base_layer.restore(layer.get_base_layer(), snapshots.pop())
+            layers.restore(layer.get_base_layer(), snapshots.pop())
             count += 1
     return count
 

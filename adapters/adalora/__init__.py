@@ -67,12 +67,12 @@ class AdaLoraConfig(AdapterConfig):
 
     def merge_layer(self, layer, adapter_name: str) -> None:
         # PEFT's bitsandbytes SVD layers have no get_delta_weight; this is SVDLinear's formula, for every kind
-        from quantizers import layers as base_layer
+        from quantizers import layers
 
         delta = (layer.lora_B[adapter_name] @ (layer.lora_A[adapter_name] * layer.lora_E[adapter_name])).float()
         delta = delta * layer.scaling[adapter_name] / (layer.ranknum[adapter_name] + 1e-5)
         base = layer.get_base_layer()
-        base_layer.set_weight(base, base_layer.dequantized_weight(base) + delta)
+        layers.set_weight(base, layers.dequantized_weight(base) + delta)
         if not hasattr(layer, "get_delta_weight") and "forward" not in layer.__dict__:
             # PEFT's bitsandbytes SVD layers do not look at `merged` in forward (PEFT cannot merge them), so they
             # would add the update a second time on top of the merged weight: while merged, run the base alone

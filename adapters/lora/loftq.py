@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from adapters.base import tuner_layers
-from quantizers import layers as base_layer
+from quantizers import layers
 
 
 @torch.no_grad()
@@ -25,15 +25,15 @@ def loftq_layer(layer, weight: torch.Tensor, adapter: str, iters: int) -> float:
     w = weight.detach().float().to(lora_a.device)
     low_rank = torch.zeros_like(w)
     for _ in range(iters):
-        base_layer.set_weight(base, w - low_rank)
-        residual = w - base_layer.dequantized_weight(base).to(w.device)
+        layers.set_weight(base, w - low_rank)
+        residual = w - layers.dequantized_weight(base).to(w.device)
         u, s, vh = torch.linalg.svd(residual, full_matrices=False)
         root = s[:rank].sqrt() / scaling**0.5  # split sqrt(S) between the factors, undo the scaling
         b, a = u[:, :rank] * root, root.unsqueeze(1) * vh[:rank]
         low_rank = scaling * (b @ a)
     lora_a.copy_(a.to(lora_a.dtype))
     lora_b.copy_(b.to(lora_b.dtype))
-    error = w - base_layer.dequantized_weight(base).to(w.device) - low_rank
+    error = w - layers.dequantized_weight(base).to(w.device) - low_rank
     return (error.norm() / w.norm()).item()
 
 

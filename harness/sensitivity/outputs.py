@@ -1,4 +1,4 @@
-"""What sensitivity writes: sensitivity.parquet/.csv, mixed_precision.*, sensitivity.md and the heatmap.
+"""What sensitivity writes: sensitivity.csv, mixed_precision.csv, sensitivity.md and the heatmap.
 """
 
 from __future__ import annotations
