@@ -104,11 +104,11 @@ def plan_sweep(overrides: list[str], config_name: str = "sweep") -> SweepPlan:
 
 def check_corpus(node: DictConfig) -> None:
     """The corpus loads and none of its splits is empty (cheap: text only, no model)."""
-    from harness.data.corpus import data_config, load_corpus
+    from harness.data.corpus import SPLITS, data_config, load_corpus
 
     with validating("data"):
         corpus = load_corpus(data_config(node))
-    for split in ("train", "validation", "test"):
+    for split in SPLITS:
         if not getattr(corpus, split).strip():
             raise UserError(f"data: the {split} split of corpus {corpus.name!r} is empty; give a file with enough "
                             "text for three splits (data.path), or another corpus")
