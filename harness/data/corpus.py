@@ -1,11 +1,10 @@
-"""Text corpora for calibration, training and evaluation: a registry of loaders, splits, tokenise + pack.
+"""Text corpora for calibration, training and evaluation: the schema, the three splits, the loader lookup.
 
 `load_corpus(DataConfig(name=...))` gives a Corpus of three strings (train / validation / test). Corpora
 without official splits are cut into whole units (chapters, books, documents, paragraphs) and each unit
 goes to exactly one split, chosen by a seeded hash, so splits never overlap and never change between runs.
 
-The splits, the corpus schema and the registry lookup live here; each corpus registers itself in its own module
-(janeausten.py, files.py).
+Each corpus registers its loader in its own module (janeausten.py, files.py); tokens.py tokenises and packs.
 """
 
 from __future__ import annotations

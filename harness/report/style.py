@@ -1,4 +1,5 @@
-"""How every figure of the harness looks and is saved: one seaborn style, one save helper, one list of formats.
+"""How every figure of the harness looks and is saved: one seaborn style, one marker cycle, one save helper
+(the accepted formats are in formats.py).
 
 The style is applied by whoever starts drawing (`apply_style()`), not on import, so importing a module that can
 draw never changes another program's matplotlib settings.
