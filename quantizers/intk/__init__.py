@@ -67,7 +67,7 @@ class IntKQuantizer(Quantizer):
         hi = groups.amax(dim=1).clamp(min=0)
         qmax = 2**k - 1
         scale = ((hi - lo) / qmax).masked_fill(hi == lo, 1.0)  # an all-zero group: any scale is exact
-        scale = _round_up_fp16(scale)  # stored in fp16; rounding up keeps [lo, hi] inside the grid
+        scale = round_up_fp16(scale)  # stored in fp16; rounding up keeps [lo, hi] inside the grid
         if torch.isinf(scale).any():
             raise ValueError(
                 f"cannot quantize {name} with intk: a group spans {(hi - lo).max().item():.4g}, more than "
@@ -87,7 +87,7 @@ class IntKQuantizer(Quantizer):
         )
 
 
-def _round_up_fp16(x: torch.Tensor) -> torch.Tensor:
+def round_up_fp16(x: torch.Tensor) -> torch.Tensor:
     """x: fp32 -> the smallest fp16 >= x, elementwise (round-to-nearest is at most one fp16 step low)."""
     half = x.to(torch.float16)
     low = half.float() < x
