@@ -11,7 +11,8 @@ from pathlib import Path
 import grimp
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 PACKAGES = ("harness", "quantizers", "adapters")
 MAX_LINES = 350  # the "~350 lines": a module read in one sitting
 LONGER_ALLOWED: dict[str, str] = {}  # module path -> why it may be longer (none today)

@@ -1,0 +1,26 @@
+"""harness.cli.sensitivity: bad knobs are one-line user errors, found by the command's check before any work."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.sensitivity.conftest import compose_sensitivity
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("top_k=[0,2]", "sensitivity.top_k=[0, 2] must be a non-empty list of integers >= 1"),
+    ("top_k=[]", "sensitivity.top_k=[] must be"),
+    ("granularity=blocks", "sensitivity.granularity='blocks' is not accepted; use coarse"),
+    ("mixed_by=[layer]", "layer needs granularity=layer"),
+    ("heldout_split=validation", "sensitivity.heldout_split='validation' is the split"),
+    ("keep_8bit.compute_dtype=float16", "keep_8bit.compute_dtype (float16) differ"),
+    ("context_length=4096", "sensitivity.context_length=4096 is above the maximum positions"),
+])
+def test_bad_knobs_are_one_line_user_errors(override, fragment):
+    from harness.cli.sensitivity import check
+    from harness.user_error import UserError
+
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        check(compose_sensitivity(["model=tiny-llama", "context_length=64", "compute_dtype=float32", override]))

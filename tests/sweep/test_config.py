@@ -1,0 +1,15 @@
+"""harness.sweep.config: the cell hash covers the result, not the bookkeeping."""
+
+from __future__ import annotations
+
+from harness.sweep.plan import plan_sweep
+from tests.sweep.conftest import TINY
+
+
+def test_cell_hash_covers_the_result_not_the_bookkeeping():
+    cells = {tuple(c.overrides): c.hash for c in plan_sweep(["adapter.rank=4,8", *TINY]).cells}
+    again = plan_sweep(["adapter.rank=4", *TINY, "output_dir=/elsewhere", "train.progress=true",
+                        "sweep.name=other"]).cells
+    assert again[0].hash == cells[("adapter.rank=4", *TINY)]  # where it is written does not change a result
+    assert len(set(cells.values())) == 2  # the rank does
+    assert plan_sweep(["adapter.rank=4", *TINY, "train.seed=1"]).cells[0].hash != again[0].hash

@@ -1,0 +1,68 @@
+"""harness.training.run: a run's output contract, an evaluation-only run, checks before any model is loaded, and
+AdaLoRA's final ranks in run.json."""
+
+import csv
+import json
+
+import pytest
+
+from adapters.base import IncompatibleError
+from harness.training import run as training_run
+from harness.training.plan import plan
+from tests.training.conftest import config
+
+REQUIRED_METRICS = {"perplexity_before", "perplexity_after", "perplexity_merged", "loss_first", "loss_last",
+                    "trainable_params", "total_params", "train_tokens", "train_tokens_per_second",
+                    "peak_memory_bytes", "seconds"}
+
+
+def test_a_run_writes_the_output_contract(text_file, tmp_path):
+    metrics = training_run.run(config(text_file, tmp_path))
+    out = tmp_path / "run"
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["metric"] for r in rows} >= REQUIRED_METRICS
+    assert {r["metric"]: float(r["value"]) for r in rows} == pytest.approx(metrics)
+    with open(out / "loss.csv") as f:
+        losses = list(csv.DictReader(f))
+    assert list(losses[0]) == ["step", "loss", "lr", "tokens_per_second"] and len(losses) == 4
+    assert float(losses[0]["loss"]) == metrics["loss_first"] and float(losses[-1]["loss"]) == metrics["loss_last"]
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["resolved"]["device"] == "cpu" and meta["resolved"]["compute_dtype"] == "float32"
+    assert meta["command"] == "train" and meta["git_commit"]
+    # 4 steps of 2 x 32 tokens; the trainable share is PEFT's count
+    assert metrics["train_tokens"] == 4 * 2 * 32
+    assert 0 < metrics["trainable_params"] < metrics["total_params"]
+    # the lr is 1e-2 on a random model: training on the corpus must lower the validation perplexity
+    assert metrics["perplexity_after"] < metrics["perplexity_before"]
+
+
+def test_zero_steps_evaluates_the_quantized_base_only(text_file, tmp_path):
+    trained = training_run.run(config(text_file, tmp_path / "a", steps=1))
+    metrics = training_run.run(config(text_file, tmp_path / "b", steps=0))
+    assert "perplexity_after" not in metrics and "train_seconds" not in metrics
+    # the same seed, base and text: the base's perplexity is the one a trained run starts from, bit for bit
+    assert metrics["perplexity_before"] == trained["perplexity_before"]
+    assert metrics["weight_sqnr_db"] == trained["weight_sqnr_db"] and metrics["bits_per_param"] > 4
+
+
+def test_an_incompatible_pair_is_rejected_before_any_model_is_loaded(text_file, tmp_path, monkeypatch):
+    def no_loading(*_):
+        raise AssertionError("a model was loaded before the configs were checked")
+
+    monkeypatch.setattr("harness.models.sources.load_model", no_loading)
+    cfg = config(text_file, tmp_path, adapter={"name": "qalora", "rank": 4})
+    with pytest.raises(IncompatibleError, match="intk"):
+        training_run.run(cfg)
+    with pytest.raises(IncompatibleError, match="module=harness"):
+        plan(config(text_file, tmp_path, adapter={"name": "loha"}, module="bitsandbytes"))
+
+
+def test_adalora_records_the_final_rank_of_every_layer(text_file, tmp_path):
+    adapter = {"name": "adalora", "rank": 2, "init_r": 4, "tinit": 1, "tfinal": 1, "targets": ["q_proj", "v_proj"]}
+    training_run.run(config(text_file, tmp_path, adapter=adapter, steps=6))
+    ranks = json.loads((tmp_path / "run" / "run.json").read_text())["resolved"]["final_ranks"]
+    assert len(ranks) == 4  # 2 layers x (q_proj, v_proj)
+    assert all(0 <= r <= 4 for r in ranks.values()) and sum(ranks.values()) < 4 * 4
