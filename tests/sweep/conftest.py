@@ -16,6 +16,9 @@ from tests.conftest import REPO, harness_here
 # the tiny model, two steps of 2 x 32 tokens and a 256-token evaluation: each cell takes seconds
 TINY = ["model=tiny-llama", "model.max_positions=128", "train.steps=2", "train.seq_len=32", "train.batch_size=2",
         "train.eval_tokens=256", "train.eval_context=64"]
+# what the cells train on and evaluate: a small text corpus (30 KB, in this folder) rather than Jane Austen's 3.2 MB
+# training split, whose tokenisation alone took ~4.5 s of every cell; no assertion here depends on the corpus
+CORPUS = ["data=text_file", f"data.path={Path(__file__).resolve().parent / 'corpus.txt'}"]
 RANKS = [1, 2, 4, 8, 64]
 # metrics that must agree bit for bit between two sweeps of the same cells on this CPU (same seeds, same
 # kernels; timings and resident-set figures legitimately differ)
@@ -41,6 +44,14 @@ def sweep_here(*args: str, out: Path, check: bool = True) -> subprocess.Complete
     return proc
 
 
+@pytest.fixture(autouse=True, scope="session")
+def schemas_registered() -> None:
+    """plan_sweep composes with the schemas in Hydra's ConfigStore, as the sweep command registers them on import."""
+    from harness.cli import register_configs
+
+    register_configs()
+
+
 def values(out: Path) -> pd.DataFrame:
     """rank x metric of the deterministic metrics, from the collected parquet file."""
     frame = pd.read_parquet(out / "results.parquet")
@@ -50,6 +61,6 @@ def values(out: Path) -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def ranks_sweep(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ranks")
-    proc = sweep_here("+grid=ranks", *TINY, out=out)
+    proc = sweep_here("+grid=ranks", *TINY, *CORPUS, out=out)
     assert "results.parquet" in proc.stdout  # it ends by saying where its table is
     return out

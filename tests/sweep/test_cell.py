@@ -20,7 +20,7 @@ import pytest
 
 from harness.records import read_records
 from tests.conftest import REPO
-from tests.sweep.conftest import RANKS, TINY, sweep, sweep_here, values
+from tests.sweep.conftest import CORPUS, RANKS, TINY, sweep, sweep_here, values
 
 
 def test_ranks_grid_writes_one_tidy_table(ranks_sweep):
@@ -68,7 +68,7 @@ def test_records_predict_the_memory_they_measure(ranks_sweep):
 
 def test_steps_zero_cells_evaluate_the_base_only(tmp_path):
     out = tmp_path / "dtypes"
-    sweep_here("train.steps=0", "quantizer=int4,nf4", *TINY[:2], *TINY[3:], out=out)
+    sweep_here("train.steps=0", "quantizer=int4,nf4", *TINY[:2], *TINY[3:], *CORPUS, out=out)
     records = {r["cell"]["quantizer"]: r for r in read_records(out)}
     assert set(records) == {"int4", "nf4"}
     for record in records.values():
@@ -91,7 +91,7 @@ def test_a_crashing_cell_is_recorded_and_the_others_complete(tmp_path, monkeypat
             raise RuntimeError("injected failure")
         return real(p, config)
 
-    argv = ["harness", "adapter=lora,qalora", "adapter.rank=1,2", *TINY, "logger=tensorboard",
+    argv = ["harness", "adapter=lora,qalora", "adapter.rank=1,2", *TINY, *CORPUS, "logger=tensorboard",
             f"output_dir={tmp_path}"]
     monkeypatch.setattr(runner, "execute", crash_at_rank_2)
     monkeypatch.setattr(sys, "argv", list(argv))
@@ -127,7 +127,7 @@ def test_a_crashing_cell_is_recorded_and_the_others_complete(tmp_path, monkeypat
 def test_sigkill_mid_cell_then_resume_gives_the_same_table(ranks_sweep, tmp_path):
     log = tmp_path / "log.txt"
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", "+grid=ranks", *TINY,
+        proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", "+grid=ranks", *TINY, *CORPUS,
                                  f"output_dir={tmp_path}"], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     cells = tmp_path / "cells"
@@ -147,14 +147,14 @@ def test_sigkill_mid_cell_then_resume_gives_the_same_table(ranks_sweep, tmp_path
         proc.wait()
     killed_records = len(list(cells.glob("*/record.json")))
     assert 1 <= killed_records < len(RANKS)
-    sweep("+grid=ranks", *TINY, out=tmp_path)
+    sweep_here("+grid=ranks", *TINY, *CORPUS, out=tmp_path)
     assert len(list(cells.glob("*/record.json"))) == len(RANKS)  # exactly one record per cell
     assert len(read_records(tmp_path)) == len(RANKS)
     pd.testing.assert_frame_equal(values(tmp_path), values(ranks_sweep))
 
 
 def test_joblib_launcher_runs_the_same_cells(ranks_sweep, tmp_path):
-    sweep("+grid=ranks", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", out=tmp_path)
+    sweep_here("+grid=ranks", *TINY, *CORPUS, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", out=tmp_path)
     assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == \
         sorted(p.name for p in (ranks_sweep / "cells").iterdir())  # the same hashes: keyed by config only
     pd.testing.assert_frame_equal(values(tmp_path), values(ranks_sweep))
@@ -162,6 +162,6 @@ def test_joblib_launcher_runs_the_same_cells(ranks_sweep, tmp_path):
 
 def test_submitit_local_launcher(tmp_path):
     # submitit_local runs each cell as its own process through the same code path as SLURM
-    sweep("adapter.rank=1,2", *TINY, "hydra/launcher=submitit_local", out=tmp_path)
+    sweep_here("adapter.rank=1,2", *TINY, *CORPUS, "hydra/launcher=submitit_local", out=tmp_path)
     records = read_records(tmp_path)
     assert sorted(r["cell"]["rank"] for r in records) == [1, 2] and {r["status"] for r in records} == {"ok"}

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from harness.sweep.papers import SweepPaper, merge_table
-from tests.sweep.conftest import TINY, sweep_here
+from tests.sweep.conftest import CORPUS, TINY, sweep_here
 
 PAPERS = {"lora_table6": 15, "qa_lora_merge": 6, "qlora_table2_sweep": 5}  # paper -> its number of cells
 
@@ -16,6 +16,7 @@ PAPERS = {"lora_table6": 15, "qa_lora_merge": 6, "qlora_table2_sweep": 5}  # pap
 @pytest.mark.parametrize("paper", sorted(PAPERS))
 def test_paper_sweep_runs_on_the_tiny_model_and_writes_the_published_column(paper, tmp_path):
     overrides = TINY if paper != "qlora_table2_sweep" else [o for o in TINY if not o.startswith("train.steps")]
+    overrides = [*overrides, *CORPUS]
     proc = sweep_here(f"+paper={paper}", *overrides, out=tmp_path, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     text = (tmp_path / "paper.md").read_text()
