@@ -51,4 +51,6 @@ def quantizer_label(q) -> str:
     """nf4, nf4_dq, int3_g32, ...: a short unique name for output folders and tables."""
     if q.name == "intk":
         return f"int{q.bits}_g{q.group_size}"
+    if getattr(q, "group_zero_points", False):  # gptq4_g64, awq3_g64, hqq2_g64: intk's format by another method
+        return f"{q.name}{q.bits}_g{q.group_size}"
     return q.name + ("_dq" if getattr(q, "double_quant", False) else "")

@@ -260,9 +260,15 @@ class QuantLinear(nn.Linear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, quantizer: Quantizer, name: str = "linear") -> QuantLinear:
-        qt = quantizer.quantize(linear.weight.detach(), name=f"{name}.weight")
-        weight = QuantizedWeight.build(qt, quantizer, quantizer.compute_dtype)
-        return cls(weight, linear.bias)
+        return cls.from_quantized(linear, quantizer.quantize(linear.weight.detach(), name=f"{name}.weight"), quantizer)
+
+    @classmethod
+    def from_quantized(cls, linear: nn.Linear, qt: QuantizedTensor, quantizer: Quantizer) -> QuantLinear:
+        """`linear` (for its bias) with a weight already quantized, e.g. by a calibrated quantizer's pass."""
+        if tuple(qt.shape) != tuple(linear.weight.shape):
+            raise ValueError(f"a quantized weight of shape {tuple(qt.shape)} cannot replace a linear layer of "
+                             f"shape {tuple(linear.weight.shape)}")
+        return cls(QuantizedWeight.build(qt, quantizer, quantizer.compute_dtype), linear.bias)
 
     @property
     def quantized(self) -> QuantizedTensor:

@@ -1,5 +1,5 @@
-"""QA-LoRA (Xu et al. 2023), the harness' own: LoRA with group-pooled inputs on the group-wise intk quantizer
-(2, 3, 4 or 8 bits), merged by folding the update into the zero points, so the merged model is still an
+"""QA-LoRA (Xu et al. 2023), the harness' own: LoRA with group-pooled inputs on a base in intk's group-wise format
+(intk, GPTQ, AWQ or HQQ at 2, 3, 4 or 8 bits), merged by folding the update into the zero points, so the merged model is still an
 integer model with unchanged codes. See layer.py for the pooling convention and the fold.
 
 Saved in PEFT's LoRA format with use_qalora=true and qalora_group_size (PEFT applies the same pooling to GPTQ
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from adapters.base import AdapterConfig, IncompatibleError, resolve_targets
 from harness.registry import ADAPTERS
 
-QUANTIZERS_ACCEPTED = "intk (bits 2, 3, 4 or 8, module=harness), e.g. quantizer=intk quantizer.bits=4"
+QUANTIZERS_ACCEPTED = ("a quantizer storing intk's format (per-group scale and zero point): intk, gptq, awq or hqq "
+                       "(bits 2, 3, 4 or 8, module=harness), e.g. quantizer=intk quantizer.bits=4")
 
 
 @ADAPTERS.register("qalora", "QA-LoRA: group-pooled LoRA on intk that merges into the zero points (own)")
@@ -27,7 +28,7 @@ class QALoraConfig(AdapterConfig):
 
     def check_base(self, quantizer_config, layer_kind: str) -> dict:
         name = getattr(quantizer_config, "name", "none")
-        if name != "intk":
+        if not getattr(quantizer_config, "group_zero_points", False):
             raise IncompatibleError(
                 f"adapter qalora cannot run on quantizer {name!r}: QA-LoRA folds its update into per-group zero "
                 f"points, which only a group-wise integer grid has. Accepted: {QUANTIZERS_ACCEPTED}"

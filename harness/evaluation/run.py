@@ -33,13 +33,22 @@ def evaluate_configuration(model, tokenizer, ids, cfg, label: str, quantizer_nod
         if qcfg.compute_dtype == "auto":  # the quantizer's own explicit choice wins over the run's
             qcfg.compute_dtype = resolve_compute_dtype(cfg.compute_dtype, device)
         model = copy.deepcopy(model)
-        report = quantize_model(model, qcfg, module=cfg.module)
+        calibration, cache = calibration_for(qcfg, cfg, tokenizer, device)
+        if calibration is not None:
+            model.to(device)  # the calibration pass runs the model: on the GPU where there is one
+        report = quantize_model(model, qcfg, module=cfg.module, calibration=calibration, cache=cache)
         bits = report.bits_per_param
     model.to(device)
     result = perplexity(model, ids, cfg.context_length, cfg.stride, prefix_token_id(tokenizer))
     values = {"perplexity": result.perplexity, "nll": result.nll, "tokens": result.tokens,
               "tokens_per_second": result.tokens_per_second, "seconds": result.seconds,
               "bits_per_param": bits, "model_bytes": model_storage_bytes(model)}
+    if quantizer_node is not None and report.calibration_peak_bytes:
+        layers = report.layers
+        values |= {"quantize_seconds": report.quantize_seconds,
+                   "quantize_peak_memory_bytes": report.calibration_peak_bytes,
+                   "layer_output_error": sum(r.output_error for r in layers) / len(layers),
+                   "layer_output_error_rtn": sum(r.rtn_output_error for r in layers) / len(layers)}
     if cfg.tasks:
         from harness.evaluation.tasks import task_files
 
@@ -48,6 +57,24 @@ def evaluate_configuration(model, tokenizer, ids, cfg, label: str, quantizer_nod
                                                batch_size=cfg.task_batch_size).items():
             values.update({f"{task}/{name}": value for name, value in metrics.items()})
     return [{"configuration": label, "metric": k, "value": float(v)} for k, v in values.items()]
+
+
+def calibration_for(qcfg, cfg, tokenizer, device):
+    """(a calibrated quantizer's batches from the eval's corpus, never its evaluated split; where its calibrated
+    base is cached), else (None, None)."""
+    if not getattr(qcfg, "calibrated", False):
+        return None, None
+    from dataclasses import asdict
+
+    from harness.data.calibration import calibration_batches, check_calibration_split
+    from harness.data.corpus import data_config
+    from harness.models.calibrated import calibrated_base_path
+    from harness.models.sources import model_config
+
+    check_calibration_split(qcfg, cfg.split, "split")
+    data = data_config(cfg.data)
+    batches = [b.to(device) for b in calibration_batches(data, tokenizer, qcfg.calibration)]
+    return batches, calibrated_base_path(model_config(cfg.model), qcfg, cfg.module, asdict(data), device)
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:

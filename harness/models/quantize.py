@@ -18,6 +18,7 @@ import fnmatch
 import logging
 import math
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
@@ -48,6 +49,9 @@ class LayerReport:
     # sum of w^2 and of (w - dequantized w)^2 over the layer's weights, in float64: what a pooled SQNR needs
     signal: float = float("nan")
     error: float = float("nan")
+    # calibrated quantizers: ||(W - W_hat) X|| / ||W X|| on the calibration inputs, and round-to-nearest's
+    output_error: float = float("nan")
+    rtn_output_error: float = float("nan")
 
 
 @dataclass
@@ -58,6 +62,9 @@ class QuantizationReport:
     bytes_before: int  # every tensor of the model, each counted once
     bytes_after: int
     layers: list[LayerReport] = field(default_factory=list)
+    quantize_seconds: float = float("nan")  # the whole quantization, calibration included
+    calibration_peak_bytes: int = 0  # peak resident (CPU) or allocated (CUDA) memory while quantizing
+    calibration_cached: bool = False  # read from harness.models.calibrated's cache (the two figures above are its)
 
     @property
     def replaced(self) -> list[str]:
@@ -121,6 +128,47 @@ def _resolve_module(module: str, config: QuantizerConfig) -> str:
     return module
 
 
+def _calibrate(model, config: QuantizerConfig, names: list[str], calibration, cache, cache_state: dict) -> dict:
+    """{layer name: CalibratedLayer} from a calibrated quantizer's pass over `model` (or from `cache`, a
+    harness.models.calibrated file, when it holds it); {} for the others."""
+    if not getattr(config, "calibrated", False):
+        return {}
+    if not calibration:
+        raise ValueError(f"quantizer {config.name} is calibrated: quantize_model needs calibration batches of token "
+                         "ids (harness.data.calibration.calibration_batches draws them from the corpus)")
+    from harness.models import calibrated
+
+    if cache is not None and (saved := calibrated.load(cache, model)) is not None:
+        cache_state["costs"] = saved["costs"]  # what the calibration cost when it ran, which the report keeps
+        return saved["layers"]
+    before = calibrated.snapshot(model, names) if cache is not None else None
+    result = config.calibrate(model, names, calibration)
+    outside = [name for name in names if name not in result]
+    if outside:
+        raise ValueError(f"quantizer {config.name} calibrates the linear layers inside the decoder layers only; "
+                         f"{', '.join(outside[:4])} lie outside them: add them to the quantization's skip list")
+    if cache is not None:  # written by quantize_model once the costs are known
+        cache_state["save"] = lambda costs: calibrated.save(cache, model, before, result, costs)
+    return result
+
+
+def check_group_size(model: nn.Module, config: QuantizerConfig, names: list[str]) -> None:
+    """intk's group-wise format (intk, GPTQ, AWQ, HQQ) needs group_size to divide every target layer's inputs:
+    checked for all of them before any layer is quantized or calibrated, naming the first that fails."""
+    group = getattr(config, "group_size", None)
+    if group is None or not getattr(config, "group_zero_points", False):
+        return
+    widths = {name: model.get_submodule(name).in_features for name in names}
+    bad = [name for name, width in widths.items() if width % group]
+    if bad:
+        common = math.gcd(*widths.values())
+        fits = [g for g in (32, 64, 128, 256, 512, 1024, 2048, 4096) if common % g == 0]
+        raise ValueError(
+            f"{config.name}.group_size={group} does not divide the inputs of {len(bad)} target layer(s), e.g. "
+            f"{bad[0]} (in_features={widths[bad[0]]}); group sizes that divide every target layer: "
+            f"{fits or 'none of the powers of two from 32'}; or skip those layers")
+
+
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
@@ -146,12 +194,39 @@ def _weight_error(weight: torch.Tensor, layer: nn.Module) -> tuple[float, float]
 @torch.no_grad()
 def quantize_model(model: nn.Module, quantizer_config: QuantizerConfig,
                    targets: Iterable[str] = DEFAULT_TARGETS, skip: Iterable[str] = DEFAULT_SKIP,
-                   module: str = "auto") -> QuantizationReport:
+                   module: str = "auto", calibration: list[torch.Tensor] | None = None,
+                   cache=None) -> QuantizationReport:
     """Replace `model`'s target nn.Linear layers in place with quantized ones; cast every other parameter to
     the quantizer's compute dtype (buffers such as rotary tables stay as the model keeps them).
 
-    Weights are quantized from their dtype as loaded, before any cast. Returns the storage report.
+    Weights are quantized from their dtype as loaded, before any cast. A calibrated quantizer (GPTQ, AWQ) needs
+    `calibration`: batches of token ids (harness.data.calibration draws them), and reads and writes its result in
+    `cache` (a path from harness.models.calibrated.calibrated_base_path) when given. Returns the storage report.
     """
+    import contextlib
+
+    from harness.measure import PeakMemory
+
+    calibrated = getattr(quantizer_config, "calibrated", False)
+    # only around a calibration: PeakMemory resets the process' high-water mark, which a caller may be measuring
+    peak = PeakMemory(next(model.parameters()).device) if calibrated else contextlib.nullcontext()
+    start = time.perf_counter()
+    cache_state: dict = {}
+    with peak:
+        report = _quantize_model(model, quantizer_config, targets, skip, module, calibration, cache, cache_state)
+    report.quantize_seconds = time.perf_counter() - start
+    if calibrated:
+        report.calibration_peak_bytes = int(peak.bytes)
+    if "costs" in cache_state:  # read from the cache: the figures of the run that calibrated
+        report.quantize_seconds, report.calibration_peak_bytes = cache_state["costs"]
+        report.calibration_cached = True
+    if "save" in cache_state:
+        cache_state["save"]((report.quantize_seconds, report.calibration_peak_bytes))
+    return report
+
+
+def _quantize_model(model, quantizer_config, targets, skip, module, calibration, cache,
+                    cache_state) -> QuantizationReport:
     if quantizer_config.compute_dtype == "auto":  # the native dtype of the device the model is on
         device = next(model.parameters()).device
         quantizer_config = dataclasses.replace(quantizer_config,
@@ -168,11 +243,16 @@ def quantize_model(model: nn.Module, quantizer_config: QuantizerConfig,
     report = QuantizationReport(quantizer_config.name, kind, quantizer_config.compute_dtype,
                                 bytes_before=model_storage_bytes(model), bytes_after=0)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # the harmless "kernels" note
+    check_group_size(model, quantizer_config, names)
     quantizer = quantizer_config.build() if kind == "harness" else None
+    calibrated = _calibrate(model, quantizer_config, names, calibration, cache, cache_state)
     replacements = []  # built first, swapped in after: a layer that fails leaves the model as it was
     for name in names:
         linear = model.get_submodule(name)
-        if kind == "harness":
+        if name in calibrated:
+            new = QuantLinear.from_quantized(linear, calibrated[name].quantized, quantizer)
+            weight_bytes = new.quantized.nbytes
+        elif kind == "harness":
             new = QuantLinear.from_linear(linear, quantizer, name=name)
             weight_bytes = new.quantized.nbytes
         else:
@@ -185,6 +265,9 @@ def quantize_model(model: nn.Module, quantizer_config: QuantizerConfig,
         signal, error = _weight_error(linear.weight, new)
         report.layers.append(LayerReport(name, type(new).__name__, params, before, after,
                                          weight_bytes * 8 / params, signal, error))
+        if name in calibrated:
+            report.layers[-1].output_error = calibrated[name].output_error
+            report.layers[-1].rtn_output_error = calibrated[name].rtn_output_error
         replacements.append((name, new))
     for name, new in replacements:
         _set_module(model, name, new)

@@ -28,8 +28,11 @@ _BASE: dict = {}  # {hash: (model, tokenizer, report)}: the last quantized base 
 
 def base_identity(p: Plan) -> dict:
     model = {k: v for k, v in asdict(p.model).items() if k != "cache_dir"}
-    return {"model": model, "quantizer": asdict(p.quantizer), "module": p.module, "device": p.device.type,
-            "seed": p.train.seed}
+    identity = {"model": model, "quantizer": asdict(p.quantizer), "module": p.module, "device": p.device.type,
+                "seed": p.train.seed}
+    if getattr(p.quantizer, "calibrated", False):  # its calibration set (in the quantizer's fields) is drawn from it
+        identity["calibration_data"] = {k: v for k, v in asdict(p.data).items() if k != "cache_dir"}
+    return identity
 
 
 def before_identity(p: Plan) -> dict:
@@ -39,7 +42,9 @@ def before_identity(p: Plan) -> dict:
 
 
 def reference_identity(p: Plan) -> dict:
-    return before_identity(p) | {"quantizer": None, "module": None, "kind": "reference"}
+    identity = before_identity(p) | {"quantizer": None, "module": None, "kind": "reference"}
+    identity.pop("calibration_data", None)  # the full-precision model is one whatever a quantizer calibrates on
+    return identity
 
 
 def quantized_base(p: Plan):

@@ -4,7 +4,7 @@ model from it: load -> quantize -> attach the adapter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch
 
 from adapters import base as adapters
 from harness.config import adapter_config, quantizer_config, quantizer_label, validated
+from harness.data.calibration import calibration_batches, check_calibration_split
 from harness.device import resolve_compute_dtype, resolve_device
 from harness.models.sources import max_positions
 from harness.training.config import TrainConfig, TrainSettings
@@ -70,6 +71,7 @@ def plan(cfg: TrainConfig) -> Plan:
     module, kind = resolve_layer(cfg.module, qcfg, acfg)
     base = acfg.check_base(None if qcfg.name == "none" else qcfg, kind)
     acfg.check_steps(settings.steps)
+    check_calibration_split(qcfg, settings.eval_split, "train.eval_split")
     if model.source == "tiny" and settings.seq_len > model.max_positions:
         raise ValueError(f"train.seq_len={settings.seq_len} exceeds model.max_positions={model.max_positions}")
     out = cfg.output_dir or f"results/train/{model.name}/{quantizer_label(qcfg)}-{acfg.name}-r{acfg.rank}"
@@ -94,9 +96,23 @@ def build_base(p: Plan):
     model, tokenizer = load_model(p.model)
     weights = base_weights_for(model, p)
     module = "harness" if p.module == "none" else p.module
-    report = quantize_model(model, p.quantizer, module=module)
+    calibration, cache = calibration_for(p, tokenizer, module)
+    if calibration is not None:
+        model.to(p.device)  # a calibration pass runs the model: on the GPU where there is one
+    report = quantize_model(model, p.quantizer, module=module, calibration=calibration, cache=cache)
     model.to(p.device)
     return model, tokenizer, report, weights
+
+
+def calibration_for(p: Plan, tokenizer, module: str) -> tuple[list[torch.Tensor] | None, Path | None]:
+    """(the calibration batches a calibrated quantizer needs, on the run's device; where its calibrated base is
+    cached), (None, None) for the other quantizers."""
+    if not getattr(p.quantizer, "calibrated", False):
+        return None, None
+    from harness.models.calibrated import calibrated_base_path
+
+    batches = [b.to(p.device) for b in calibration_batches(p.data, tokenizer, p.quantizer.calibration)]
+    return batches, calibrated_base_path(p.model, p.quantizer, module, asdict(p.data), p.device)
 
 
 def attach_adapter(p: Plan, model, weights=None):

@@ -48,6 +48,13 @@ def base_metrics(p: Plan, report, before) -> dict[str, float]:
     metrics = {"perplexity_before": before.perplexity, "bits_per_param": bits_per_param(p, report)}
     if report.layers:
         metrics["weight_sqnr_db"] = report.weight_sqnr_db
+    if report.calibration_peak_bytes:  # a calibrated quantizer (GPTQ, AWQ): what calibrating cost and bought
+        errors = [(layer.output_error, layer.rtn_output_error) for layer in report.layers]
+        metrics |= {"quantize_seconds": report.quantize_seconds,
+                    "quantize_peak_memory_bytes": report.calibration_peak_bytes,
+                    "layer_output_error": sum(e for e, _ in errors) / len(errors),  # mean over the layers
+                    "layer_output_error_rtn": sum(r for _, r in errors) / len(errors),
+                    "layers_worse_than_rtn": sum(e > r for e, r in errors)}
     return metrics
 
 

@@ -34,6 +34,7 @@ class IntKConfig(QuantizerConfig):
     name: str = "intk"
     bits: int = 4
     group_size: int = 32  # QA-LoRA's default; GPTQ commonly uses 128
+    group_zero_points = True  # class attribute: intk's format, which QA-LoRA merges into
 
     def __post_init__(self) -> None:
         super().__post_init__()

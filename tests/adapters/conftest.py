@@ -29,6 +29,10 @@ QUANTIZERS = {  # compute in fp32 everywhere: merge/unmerge identities are then 
     "int2_g32": {"name": "intk", "bits": 2, "group_size": 32},
     "int3_g32": {"name": "intk", "bits": 3, "group_size": 32},
     "int4_g32": {"name": "intk", "bits": 4, "group_size": 32},
+    # intk's format by other methods: calibrated (on calibration_batches()) and optimised
+    "gptq3_g32": {"name": "gptq", "bits": 3, "group_size": 32, "hessian_dtype": "float64"},
+    "awq3_g32": {"name": "awq", "bits": 3, "group_size": 32},
+    "hqq3_g32": {"name": "hqq", "bits": 3, "group_size": 32},
 }
 BNB_KIND = {"nf4": "bnb4", "fp4": "bnb4", "nf4_dq": "bnb4", "int8": "bnb8"}  # where bitsandbytes has the layer
 MARKERS = {"lora": "lora_", "adalora": "lora_", "qalora": "lora_", "loha": "hada_", "lokr": "lokr_"}
@@ -48,8 +52,8 @@ def adapter(name: str, **fields):
 
 def accepts(name: str, quantizer: str | None, kind: str) -> bool:
     cls = ADAPTERS.get(name)
-    if name == "qalora":  # folds into zero points: the group-wise integer grid only
-        return quantizer is not None and QUANTIZERS[quantizer]["name"] == "intk" and kind == "harness"
+    if name == "qalora":  # folds into zero points: intk's group-wise integer format only (intk, GPTQ, AWQ, HQQ)
+        return quantizer is not None and getattr(qconfig(quantizer), "group_zero_points", False) and kind == "harness"
     return kind in cls.layer_kinds
 
 
@@ -68,8 +72,13 @@ def cells():
 def base_model(quantizer: str | None, module: str | None):
     model, _ = load_model(MODEL)
     if quantizer is not None:
-        quantize_model(model, qconfig(quantizer), module=module)
+        quantize_model(model, qconfig(quantizer), module=module, calibration=calibration_batches())
     return model
+
+
+def calibration_batches() -> list[torch.Tensor]:
+    """What GPTQ and AWQ calibrate on (the others ignore it): four batches of random token ids, always the same."""
+    return [batch(seed) for seed in range(100, 104)]
 
 
 def batch(seed: int = 0) -> torch.Tensor:

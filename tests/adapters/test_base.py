@@ -52,9 +52,12 @@ pytestmark = [
 
 def test_the_matrix_covers_what_each_adapter_accepts():
     ids = {p.id for p in cells()}
-    assert len(ids) == 51  # 4 adapters x 9 quantizers + qalora x 3 intk; bnb4 x 3 x 2 + bnb8 x 4; 2 dense
+    # 4 adapters x 12 quantizers + qalora x 6 in intk's format (intk x 3, gptq, awq, hqq); bnb4 x 3 x 2 + bnb8 x 4;
+    # 2 dense
+    assert len(ids) == 66
     assert "qalora-nf4-harness" not in ids and "loha-nf4-bnb4" not in ids and "lokr-fp4-bnb4" not in ids
     assert {"loha-int8-bnb8", "lokr-int8-bnb8", "adalora-nf4_dq-bnb4", "qalora-int2_g32-harness"} <= ids
+    assert {f"{a}-{q}-harness" for a in ADAPTER_NAMES for q in ("gptq3_g32", "awq3_g32", "hqq3_g32")} <= ids
     # and each adapter's own check (from the configs alone) agrees, pair by pair
     for name in ADAPTER_NAMES:
         for q in QUANTIZERS:

@@ -51,6 +51,7 @@ def loftq_errors(quantizer: str, module: str, kind: str, iters: int):
 
 @pytest.mark.parametrize("quantizer, module, kind", [
     ("nf4", "harness", "harness"), ("int4", "harness", "harness"), ("int2_g32", "harness", "harness"),
+    ("hqq3_g32", "harness", "harness"),
     ("nf4", "bitsandbytes", "bnb4"),
 ])
 def test_loftq_starts_closer_to_the_full_precision_weights(quantizer, module, kind):

@@ -16,9 +16,10 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4])
-def test_qalora_merge_folds_into_fractional_zero_points_exactly(bits):
-    quantizer = {2: "int2_g32", 3: "int3_g32", 4: "int4_g32"}[bits]
+# intk at every width, and intk's format as GPTQ (calibrated), AWQ (scales folded into the model) and HQQ
+# (fractional fp16 zero points from the start) write it
+@pytest.mark.parametrize("quantizer", ["int2_g32", "int3_g32", "int4_g32", "gptq3_g32", "awq3_g32", "hqq3_g32"])
+def test_qalora_merge_folds_into_fractional_zero_points_exactly(quantizer):
     model, cfg, _ = attached("qalora", quantizer, "harness", "harness")
     ids = batch()
     train(model, cfg, ids)
@@ -44,8 +45,8 @@ def test_qalora_merge_folds_into_fractional_zero_points_exactly(bits):
         assert torch.equal(new.scale, old.scale) and new.scale.dtype == old.scale.dtype
         assert old.zero_point.dtype == torch.float16 and new.zero_point.dtype == torch.float32
         assert (new.zero_point != new.zero_point.round()).any()  # fractional: no integer grid holds it
-        # w' = fl(fl(q - z') s) with z' = fl(z - fl(d / s)), w + d = (q - (z - d / s)) s exactly (w is exact:
-        # q - z is a small integer, s an fp16). First order in u = eps / 2: |fl(d / s) - d / s| s <= u |d|,
+        # w' = fl(fl(q - z') s) with z' = fl(z - fl(d / s)), w + d = (q - (z - d / s)) s exactly (w is exact
+        # in float64: q an integer, z and s fp16, HQQ's fractional z included). First order in u = eps / 2: |fl(d / s) - d / s| s <= u |d|,
         # the rounding of z' adds u (|z| s + |d|), the subtraction and the product u |w'| each:
         #   |w' - (w + d)| <= eps (|d| + |z| s / 2 + |w'|) + O(u^2); bound with |z| s in full for the u^2 terms
         z_s = (old.zero_point.double() * old.scale_values().double()).abs()

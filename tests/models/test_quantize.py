@@ -206,3 +206,19 @@ def test_weight_sqnr_is_pooled_over_the_layers_and_agrees_across_backends():
     assert reports["harness"].weight_sqnr_db == pytest.approx(reports["bnb"].weight_sqnr_db, rel=1e-9)
     # four more bits are worth ~6 dB each; int8's per-row absmax vs nf4's 64-blocks still leaves > 15 dB
     assert reports["int8"].weight_sqnr_db > reports["harness"].weight_sqnr_db + 15
+
+
+@pytest.mark.parametrize("name", ["intk", "gptq", "awq", "hqq"])
+def test_a_group_size_that_does_not_divide_a_layer_is_refused_before_any_work(name, monkeypatch):
+    """The tiny Llama's linears read 64 (hidden) or its intermediate size: 128 divides no 64-wide layer. Refused
+    naming a layer, its width and the group sizes that fit every layer, before a calibrated quantizer calibrates."""
+    model, _ = tiny("llama")
+    cfg = quantizer(name, bits=4, group_size=128)
+    if getattr(cfg, "calibrated", False):
+        monkeypatch.setattr(type(cfg), "calibrate", lambda *a, **k: pytest.fail("calibrated before the check"))
+    widths = {m.in_features for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+    fits = [g for g in (32, 64) if all(w % g == 0 for w in widths)]
+    with pytest.raises(ValueError, match=rf"{name}\.group_size=128 does not divide .* \(in_features=64\); group "
+                                         rf"sizes that divide every target layer: \[{', '.join(map(str, fits))}\]"):
+        quantize_model(model, cfg, module="harness", calibration=[torch.zeros(1, 8, dtype=torch.long)])
+    assert all(type(m) is torch.nn.Linear for n, m in model.named_modules() if n.endswith("proj"))  # untouched

@@ -260,6 +260,24 @@ def test_hessian_accumulator_equals_the_batch_formula():
     assert acc.hessian.dtype == torch.float64
 
 
+@pytest.mark.parametrize("width", [576, 1536])  # SmolLM2's two input widths: 3 and 4 panels
+def test_a_wide_hessian_accumulates_in_panels_and_is_the_full_symmetric_x_t_x(width):
+    """Above 384 inputs H accumulates panel by panel on and above the diagonal; the returned H is exactly
+    symmetric and, in float32, within the summation bound of the float64 formula: each entry a sum of n products,
+    gamma_(n+4) = (n + 4) eps32 relative to the sum of |products| (the float64 side's own error is negligible)."""
+    gen = torch.Generator().manual_seed(4)
+    a, b = torch.randn(2, 150, width, generator=gen), torch.randn(200, width, generator=gen) * 2
+    acc = HessianAccumulator(width, torch.float32)
+    acc.add(a)
+    acc.add(b)
+    H = acc.hessian
+    assert torch.equal(H, H.T) and H.dtype == torch.float32
+    X = torch.cat((a.reshape(-1, width), b)).double()
+    n = X.shape[0]
+    bound = (n + 4) * torch.finfo(torch.float32).eps * (2 * X.abs().T @ X.abs() / n)
+    assert ((H.double() - 2 * X.T @ X / n).abs() <= bound).all()  # below the diagonal too: not left empty
+
+
 def test_hessian_accumulator_checks_its_inputs():
     acc = HessianAccumulator(16)
     with pytest.raises(ValueError, match="add"):
