@@ -107,4 +107,4 @@ CORPORA: Registry = Registry("corpus", discover="harness.data", plural="corpora"
 BUILT_TASKS: Registry = Registry("built task", discover="harness.evaluation.cloze")
 # a sweep's figures (harness.report.sweep_data.Figure) and the tables paper sweeps write (paper.kind)
 FIGURES: Registry = Registry("figure", discover="harness.report.figures")
-PAPER_TABLES: Registry = Registry("paper table", discover="harness.sweep.papers")
+PAPER_TABLES: Registry = Registry("paper table", discover="harness.sweep.paper_kinds")
