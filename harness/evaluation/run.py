@@ -139,6 +139,8 @@ def check(cfg: DictConfig) -> None:
         check_context_length(cfg.context_length, model_config(cfg.model))  # where the limit is known unloaded
         data_config(cfg.data)
         task_files(cfg.tasks)
+    from harness.data.calibration import check_calibration_split
+
     for label, node in cfg.quantizers.items():
         with validating(f"quantizers.{label}"):
-            quantizer_config(node)
+            check_calibration_split(quantizer_config(node), cfg.split, "split")

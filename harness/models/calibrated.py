@@ -9,6 +9,8 @@ File: <cache dir>/calibrated/<hash>.pt, keyed by everything that decides its con
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
 import os
 from dataclasses import asdict
@@ -27,16 +29,33 @@ log = logging.getLogger(__name__)
 def calibrated_base_path(model_cfg, quantizer_cfg, module: str, data_identity: dict, device: torch.device,
                          cache_dir: str | Path | None = None) -> Path:
     """Where the calibrated base of this model, quantizer (its calibration settings included), layer kind,
-    corpus and device type is kept."""
+    corpus and device type is kept: under `cache_dir`, else the model's cache folder (model.cache_dir, else
+    $HARNESS_CACHE or ~/.cache/quant-harness). The key includes the quantizer's own source files and the
+    calibration pass', so a changed algorithm never reads an old result."""
     model = {k: v for k, v in asdict(model_cfg).items() if k != "cache_dir"}
     data = {k: v for k, v in data_identity.items() if k != "cache_dir"}
     # compute_dtype and backend decide how the quantized layers compute, not what the pass makes of the weights
     quantizer = {k: v for k, v in asdict(quantizer_cfg).items() if k not in ("compute_dtype", "backend")}
     key = config_hash({"format": CACHE_FORMAT, "model": model, "quantizer": quantizer,
                        "module": module, "data": data, "device": torch.device(device).type,
-                       "torch": torch.__version__.split("+")[0]})
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+                       "torch": torch.__version__.split("+")[0], "code": code_digest(type(quantizer_cfg))})
+    root = Path(cache_dir) if cache_dir is not None else (
+        Path(model_cfg.cache_dir).expanduser() if getattr(model_cfg, "cache_dir", None) else default_cache_dir())
     return root / "calibrated" / f"{key}.pt"
+
+
+def code_digest(config_class: type) -> str:
+    """sha256 of the .py files of the quantizer's package and of the ones it reads (calibration, intk, base)."""
+    import quantizers
+
+    library = Path(inspect.getfile(quantizers)).parent
+    package = Path(inspect.getfile(config_class)).parent
+    files = sorted(package.glob("*.py")) + [library / "calibration.py", library / "intk" / "__init__.py",
+                                           library / "base.py"]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def load(path: Path, model: nn.Module) -> dict | None:

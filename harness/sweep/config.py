@@ -86,7 +86,11 @@ def identity(node: DictConfig) -> dict:
     tree = OmegaConf.to_container(node, resolve=True)
     for key in NOT_IDENTITY:
         tree.pop(key, None)
-    tree.get("train", {}).pop("progress", None)
+    train = tree.get("train", {})
+    train.pop("progress", None)
+    if not train.get("tasks"):  # no tasks: their settings change nothing, and older cells keep their hashes
+        for key in ("tasks", "task_limit", "task_batch_size"):
+            train.pop(key, None)
     for part in ("model", "data"):
         tree.get(part, {}).pop("cache_dir", None)  # where files are cached, not what they hold
     tree["device"] = resolve_device(tree["device"]).type  # auto: what it means on this machine

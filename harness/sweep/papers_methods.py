@@ -30,7 +30,10 @@ def verdict(holds: bool, diff: tuple[float, float, float]) -> str:
 @PAPER_TABLES.register("methods", "RTN, NF4, GPTQ, AWQ, HQQ by bit width, before and after LoRA (grid=methods)")
 def methods_table(records: list[dict], paper: SweepPaper) -> tuple[pd.DataFrame, list[str]]:
     by = {method_bits(r): r for r in records}
-    name = lambda m: paper.labels.get(m, m)  # noqa: E731
+
+    def name(method: str) -> str:
+        return paper.labels.get(method, method)
+
     first = next(iter(by.values()))
     rows = [{"bits": math.nan, "method": "full precision", "bits/param": math.nan, "weight SQNR (dB)": math.nan,
              "layer output error": math.nan, "RTN's output error": math.nan, "quantize s": math.nan,
@@ -80,6 +83,13 @@ def methods_table(records: list[dict], paper: SweepPaper) -> tuple[pd.DataFrame,
     return pd.DataFrame(rows), claims
 
 
+def accuracy_columns(metrics: dict) -> dict[str, float]:
+    """<task> acc after / merged columns for every task the cells scored (train.tasks)."""
+    tasks = sorted({k.split("/")[0] for k in metrics if k.endswith("/acc_after")})
+    return {f"{task} acc {stage}": metrics.get(f"{task}/acc_{stage}", math.nan)
+            for task in tasks for stage in ("after", "merged")}
+
+
 def table1_row(record: dict) -> tuple[str, int]:
     """(QA-LoRA Table 1's method, bits) of a cell: LoRA on NF4 is QLoRA, LoRA on GPTQ is QLoRA w/ GPTQ."""
     method, bits = method_bits(record)
@@ -100,6 +110,7 @@ def table1(records: list[dict], paper: SweepPaper) -> tuple[pd.DataFrame, list[s
                      "after": m["perplexity_after"], "merged": m.get("perplexity_merged", math.nan),
                      "merged - after": interval(change[(method, bits)]),
                      "merged layers quantized": f"{100 * m.get('merged_quantized_share', math.nan):.0f}%",
+                     **accuracy_columns(m),
                      "published MMLU": (paper.published.get(method) or {}).get(str(bits), math.nan)})
     claims = []
     qa = {b: d for (method, b), d in change.items() if method.startswith("qalora")}
@@ -115,6 +126,17 @@ def table1(records: list[dict], paper: SweepPaper) -> tuple[pd.DataFrame, list[s
         claims.append(f"QLoRA w/ GPTQ's merged model does not (merged worse than after, resolved at every width: "
                       f"{', '.join(f'{b}-bit {d[0]:+.3f}' for b, d in sorted(ql.items(), reverse=True))}): "
                       f"{'holds' if lost else 'does not hold'}")
+    for task in sorted({k.split("/")[0] for r in records for k in r["metrics"] if k.endswith("/acc_after")}):
+        kept = {(m, b): (r["metrics"].get(f"{task}/acc_after"), r["metrics"].get(f"{task}/acc_merged"))
+                for (m, b), r in by.items()}
+        qa_kept = all(a == g for (m, _), (a, g) in kept.items() if m.startswith("qalora") and a is not None)
+        ql_lost = all(g < a for (m, _), (a, g) in kept.items() if m.startswith("qlora_") and a is not None)
+        points = ", ".join(f"{paper.labels.get(m, m)} {b}-bit {a:.3f} -> {g:.3f}"
+                           for (m, b), (a, g) in sorted(kept.items()) if a is not None)
+        claims.append(f"{task} accuracy (share of items): QA-LoRA's merged model answers as the fine-tuned one did, "
+                      f"at every width: {'holds' if qa_kept else 'does not hold'}; QLoRA w/ GPTQ's merged model "
+                      f"answers worse than after fine-tuning, at every width: {'holds' if ql_lost else 'does not hold'}"
+                      f" (after -> merged: {points})")
     for bits in sorted(qa.keys() & ql.keys(), reverse=True):
         a = next(r for (m, b), r in by.items() if b == bits and m.startswith("qalora"))
         q = next(r for (m, b), r in by.items() if b == bits and m.startswith("qlora_"))

@@ -35,6 +35,11 @@ class TrainSettings:
     eval_tokens: int = 4096  # validation tokens scored before / after / merged (0: the whole split)
     eval_context: int = 1024  # window of the perplexity evaluation (capped at the model's maximum)
     eval_split: str = "validation"
+    # lm-eval tasks (local or built, e.g. [austen_cloze]) scored after fine-tuning and after merging, as `eval`
+    # scores them: metrics <task>/<metric>_after and _merged (e.g. austen_cloze/acc_after)
+    tasks: list[str] = field(default_factory=list)
+    task_limit: int | None = None  # items per task (None: all)
+    task_batch_size: int = 16  # packed rows per forward pass, as eval's task_batch_size
     progress: bool = True  # a progress bar with loss, learning rate and tokens/s
 
     def __post_init__(self) -> None:
@@ -53,6 +58,8 @@ class TrainSettings:
             raise ValueError(f"train.optimizer={self.optimizer!r} is not accepted; use one of {list(OPTIMIZERS)}")
         if self.eval_tokens < 0:
             raise ValueError(f"train.eval_tokens={self.eval_tokens} must be >= 0 (0: the whole split)")
+        if self.task_limit is not None and (not isinstance(self.task_limit, int) or self.task_limit < 1):
+            raise ValueError(f"train.task_limit={self.task_limit!r} is not accepted; use a positive integer or null")
         if self.eval_split not in SPLITS:
             raise ValueError(f"train.eval_split={self.eval_split!r} is not accepted; use validation, test or train")
 

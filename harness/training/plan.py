@@ -72,6 +72,10 @@ def plan(cfg: TrainConfig) -> Plan:
     base = acfg.check_base(None if qcfg.name == "none" else qcfg, kind)
     acfg.check_steps(settings.steps)
     check_calibration_split(qcfg, settings.eval_split, "train.eval_split")
+    if settings.tasks:  # an unknown task or a missing data file stops here, before the model is loaded
+        from harness.evaluation.tasks import task_files
+
+        task_files(settings.tasks)
     if model.source == "tiny" and settings.seq_len > model.max_positions:
         raise ValueError(f"train.seq_len={settings.seq_len} exceeds model.max_positions={model.max_positions}")
     out = cfg.output_dir or f"results/train/{model.name}/{quantizer_label(qcfg)}-{acfg.name}-r{acfg.rank}"

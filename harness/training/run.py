@@ -17,6 +17,7 @@ import torch
 from adapters import base as adapters
 from harness.config import quantizer_label
 from harness.measure import PeakMemory, memory_in_use, release_freed_memory, reuse_freed_memory
+from harness.models.sources import max_positions
 from harness.records import write_run_json
 from harness.training.accounting import memory_rows, quantized_share, training_peak, weight_bytes
 from harness.training.config import TrainConfig
@@ -91,6 +92,7 @@ def train_and_evaluate(p: Plan, model, tokenizer, report, blocks: torch.Tensor, 
         "peak_memory_reserved_bytes": peak.reserved_bytes if p.device.type == "cuda" else peak_bytes,
         **memory_rows(memory, peak_bytes),
     }
+    metrics |= task_metrics(p, model, tokenizer, "after")
     losses = {"before": before.losses(), "after": after.losses()}
     if merge:
         adapters.merge(model, p.adapter)
@@ -99,7 +101,25 @@ def train_and_evaluate(p: Plan, model, tokenizer, report, blocks: torch.Tensor, 
         metrics["perplexity_merged"] = merged.perplexity
         losses["merged"] = merged.losses()
         print(f"  perplexity merged {metrics['perplexity_merged']:.3f}")
+        metrics |= task_metrics(p, model, tokenizer, "merged")
     return metrics, rows, losses
+
+
+def task_metrics(p: Plan, model, tokenizer, stage: str) -> dict[str, float]:
+    """train.tasks scored on the model as it is at `stage` -> {"<task>/<metric>_<stage>": value}."""
+    if not p.train.tasks:
+        return {}
+    from harness.evaluation.lm_eval_run import run_lm_eval_tasks
+    from harness.evaluation.tasks import task_files
+
+    scores = run_lm_eval_tasks(model, tokenizer, list(p.train.tasks), task_files(p.train.tasks),
+                               limit=p.train.task_limit,
+                               max_length=min(max_positions(p.model, model) or 1024, 1024),  # as eval's default
+                               batch_size=p.train.task_batch_size)
+    values = {f"{task}/{name}_{stage}": float(v) for task, named in scores.items() for name, v in named.items()}
+    shown = {k: v for k, v in values.items() if k.endswith(f"/acc_{stage}")}
+    print("  " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+    return values
 
 
 def resolved(p: Plan) -> dict[str, Any]:

@@ -61,3 +61,34 @@ def test_context_length_above_the_model_limit_stops_before_work(tmp_path, monkey
         run(cfg)
     assert not list(tmp_path.iterdir())  # nothing evaluated, nothing written
     check(compose_eval(["model=tiny-opt", "context_length=256"]))  # the limit itself is accepted
+
+
+def test_eval_calibrates_gptq_and_awq_on_the_train_split_and_never_on_the_evaluated_one(tmp_path):
+    from harness.evaluation.run import run
+
+    small = ["calibration.samples=4", "calibration.seq_len=32"]
+    cfg = compose_eval([
+        "model=tiny-llama", "model.max_positions=128", "max_tokens=300", "context_length=64", f"output_dir={tmp_path}",
+        f"model.cache_dir={tmp_path / 'cache'}",
+        "+quantizer@quantizers.gptq=gptq4_g64", *[f"quantizers.gptq.{o}" for o in small],
+        "+quantizer@quantizers.awq=awq4_g64", *[f"quantizers.awq.{o}" for o in small],
+        # calibrated on the split the eval measures (test): refused, and the other configurations still run
+        "+quantizer@quantizers.leaky=gptq4_g64", *[f"quantizers.leaky.{o}" for o in small],
+        "quantizers.leaky.calibration.split=test",
+    ])
+    from harness.evaluation.run import check
+
+    with pytest.raises(UserError, match=r"quantizers\.leaky.*calibration\.split='test' is the split this run "
+                                        r"evaluates \(split='test'\); calibrate on another split"):
+        check(cfg)  # what the command runs first, before any model is loaded
+    frame = run(cfg)  # run() alone records it as a failed configuration, and the others still run
+    table = wide(frame[frame.status == "ok"])
+    assert list(table.index) == ["full precision", "gptq", "awq"]
+    for name in ("gptq", "awq"):
+        row = table.loc[name]
+        assert row["quantize_seconds"] > 0 and row["quantize_peak_memory_bytes"] > 0
+        assert row["layer_output_error"] < row["layer_output_error_rtn"]
+    leaky = frame[frame.configuration == "leaky"]
+    assert (leaky.status == "failed").all()
+    assert leaky.error.str.contains("quantizer.calibration.split='test' is the split this run evaluates").all()
+    assert len(list((tmp_path / "cache" / "calibrated").glob("*.pt"))) == 2

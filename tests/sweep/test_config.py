@@ -13,3 +13,14 @@ def test_cell_hash_covers_the_result_not_the_bookkeeping():
     assert again[0].hash == cells[("adapter.rank=4", *TINY)]  # where it is written does not change a result
     assert len(set(cells.values())) == 2  # the rank does
     assert plan_sweep(["adapter.rank=4", *TINY, "train.seed=1"]).cells[0].hash != again[0].hash
+
+
+def test_task_settings_change_the_hash_only_when_there_are_tasks():
+    """Cells hashed before train.tasks existed keep their hash (a sweep resumes across the upgrade): without tasks
+    the task settings are left out; with tasks they are in, limit and all."""
+    plain = plan_sweep(["adapter.rank=4", *TINY]).cells[0].hash
+    assert plan_sweep(["adapter.rank=4", *TINY, "train.task_limit=5"]).cells[0].hash == plain
+    tasks = plan_sweep(["adapter.rank=4", *TINY, "train.tasks=[austen_next_sentence]"]).cells[0].hash
+    limited = plan_sweep(["adapter.rank=4", *TINY, "train.tasks=[austen_next_sentence]",
+                          "train.task_limit=5"]).cells[0].hash
+    assert len({plain, tasks, limited}) == 3

@@ -66,3 +66,27 @@ def test_adalora_records_the_final_rank_of_every_layer(text_file, tmp_path):
     ranks = json.loads((tmp_path / "run" / "run.json").read_text())["resolved"]["final_ranks"]
     assert len(ranks) == 4  # 2 layers x (q_proj, v_proj)
     assert all(0 <= r <= 4 for r in ranks.values()) and sum(ranks.values()) < 4 * 4
+
+
+def test_tasks_are_scored_after_training_and_after_merging(text_file, tmp_path):
+    """train.tasks through lm-eval's real task machinery (a local multiple-choice task), after fine-tuning and
+    after merging. QA-LoRA's merge is exact up to fp32 rounding (merged logits within ~3e-7 of the unmerged
+    ones), so on the same items the merged model must choose as the fine-tuned one did: the same accuracies."""
+    cfg = config(text_file, tmp_path, quantizer={"name": "intk", "bits": 4, "group_size": 32},
+                 adapter={"name": "qalora", "rank": 4, "targets": ["all-linear"]},
+                 tasks=["austen_next_sentence"], task_limit=8, task_batch_size=4)
+    metrics = training_run.run(cfg)
+    task = "austen_next_sentence"
+    for metric in ("acc", "acc_norm"):
+        after, merged = metrics[f"{task}/{metric}_after"], metrics[f"{task}/{metric}_merged"]
+        assert after in {i / 8 for i in range(9)}  # a share of the 8 items
+        assert merged == after
+    assert metrics[f"{task}/sample_len_after"] == 8
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        assert f"{task}/acc_merged" in {r["metric"] for r in csv.DictReader(f)}
+
+
+def test_an_unknown_task_stops_the_run_before_the_model_is_loaded(text_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(training_run, "build_model", lambda p: pytest.fail("loaded the model first"))
+    with pytest.raises(ValueError, match="austen_clozee"):
+        training_run.run(config(text_file, tmp_path, tasks=["austen_clozee"]))
