@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from quantizers.intk import IntKFormat
 
 SPLITS = ("train", "validation", "test")
 
@@ -40,6 +42,23 @@ class CalibrationConfig:
         if self.split not in SPLITS:
             raise ValueError(f"calibration.split={self.split!r} is not accepted; use one of {list(SPLITS)} "
                              "(train by default: never the split the run evaluates)")
+
+
+@dataclass
+class CalibratedFormat(IntKFormat):
+    """A quantizer that writes intk's format from calibration inputs (GPTQ, AWQ): its calibration set, and the
+    class attribute `calibrated` that tells quantize_model to run its calibrate(model, names, batches) first."""
+
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    calibrated = True  # class attribute, not a field
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.calibration, dict):
+            self.calibration = CalibrationConfig(**self.calibration)
+
+    def calibrate(self, model: nn.Module, names, batches, progress=None) -> dict:
+        raise NotImplementedError
 
 
 @dataclass
@@ -158,6 +177,21 @@ def sequential_pass(model: nn.Module, batches: list[torch.Tensor], targets: Iter
             progress(f"layer {index + 1}/{len(layers)} ({time.perf_counter() - start:.0f} s)")
     bar.close()
     return time.perf_counter() - start
+
+
+def swap_in(linears: dict[str, nn.Linear], weights: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """Put `weights` (the dequantized quantized weights) into the linears, so the layer's outputs for the next layer
+    are the quantized model's; returns the callable that puts the original weights back (a LayerStep returns it:
+    quantize_model builds the quantized layers from the codes and measures them against the originals)."""
+    originals = {name: linear.weight.data for name, linear in linears.items()}
+    for name, linear in linears.items():
+        linear.weight.data = weights[name].to(linear.weight.dtype)
+
+    def restore() -> None:
+        for name, linear in linears.items():
+            linear.weight.data = originals[name]
+
+    return restore
 
 
 def input_hooks(linears: dict[str, nn.Linear], consume: Callable[[str, torch.Tensor], None],

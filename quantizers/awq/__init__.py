@@ -10,50 +10,35 @@ clipped weight: intk's storage format, so every path that reads intk reads AWQ u
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from harness.registry import QUANTIZERS
 from quantizers.awq.calibrate import calibrate
-from quantizers.base import Backend, QuantizedTensor, Quantizer, QuantizerConfig, check_block_size
-from quantizers.calibration import CalibrationConfig
-from quantizers.intk import BITS, IntKConfig
+from quantizers.base import QuantizedTensor, Quantizer
+from quantizers.calibration import CalibratedFormat
+from quantizers.intk import IntKConfig
 
 
 @QUANTIZERS.register("awq", "AWQ (calibrated, activation-aware scales folded into the model) int-k; intk's format")
 @dataclass
-class AWQConfig(QuantizerConfig):
+class AWQConfig(CalibratedFormat):
     name: str = "awq"
-    bits: int = 4
     group_size: int = 64  # SmolLM2's 576-wide layers are not divisible by AWQ's usual 128
     grid: int = 20  # alpha in {0, 1/grid, ..., (grid - 1)/grid}: AWQ's published grid
     clip: bool = True  # AWQ's weight-clipping search after the scales
     max_rows: int = 4096  # calibration rows (tokens) per scale group that the searches compare outputs on
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    calibrated = True  # class attribute, not a field: quantize_model runs calibrate() for this quantizer
-    group_zero_points = True  # class attribute: intk's format, which QA-LoRA merges into
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.bits not in BITS:
-            raise ValueError(f"awq.bits={self.bits!r} is not accepted; use one of {BITS}")
-        check_block_size(self.name, "group_size", self.group_size)
         for name in ("grid", "max_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"awq.{name}={value!r} is not accepted; use a positive integer")
-        if isinstance(self.calibration, dict):
-            self.calibration = CalibrationConfig(**self.calibration)
-        if self.backend is Backend.bitsandbytes:
-            raise ValueError("awq.backend=bitsandbytes is not possible: bitsandbytes has no int-k kernel; "
-                             "use reference")
 
     def build(self) -> AWQQuantizer:
         return AWQQuantizer(self)
-
-    def storage_bytes(self, shape: tuple[int, ...]) -> int:
-        return IntKConfig(bits=self.bits, group_size=self.group_size).storage_bytes(shape)
 
     def calibrate(self, model, names, batches, progress=None) -> dict:
         return calibrate(self, model, names, batches, progress)

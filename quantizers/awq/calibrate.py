@@ -14,7 +14,7 @@ import torch
 
 from quantizers.awq.fold import fold_scale, layer_groups
 from quantizers.awq.solver import apply_clip, search_clip, search_scale
-from quantizers.calibration import CalibratedLayer, input_hooks, output_error, sequential_pass
+from quantizers.calibration import CalibratedLayer, input_hooks, output_error, sequential_pass, swap_in
 from quantizers.gptq.solver import HessianAccumulator
 from quantizers.intk import IntKConfig
 
@@ -57,24 +57,17 @@ def calibrate(config, model, names, batches, progress=None) -> dict[str, Calibra
             fold_scale(group.prev, group.linears, found.scales.to(group.linears[0].weight.dtype))
             inputs[owner] = inputs[owner] / found.scales  # what the linears read from now on
             hessian[owner] = hessian[owner] / torch.outer(found.scales, found.scales).to(hessian[owner].dtype)
-        originals = {}
+        quantized = {}
         for name, linear in linears.items():
             w = linear.weight.detach()
             x = inputs[owners[name]]
             if config.clip and not name.endswith(NO_CLIP):
                 w = apply_clip(w, search_clip(w, x, rtn, config.group_size))
             qt = rtn.quantize(w, name=f"{name}.weight")
-            w_hat = qt.dequantize(torch.float32)
-            result[name] = CalibratedLayer(qt, output_error(linear.weight, w_hat, hessian[owners[name]]),
+            quantized[name] = qt.dequantize(torch.float32)
+            result[name] = CalibratedLayer(qt, output_error(linear.weight, quantized[name], hessian[owners[name]]),
                                            rtn_error[name])
-            originals[name] = linear.weight.data
-            linear.weight.data = w_hat.to(linear.weight.dtype)
-
-        def restore() -> None:
-            for name, linear in linears.items():
-                linear.weight.data = originals[name]
-
-        return restore
+        return swap_in(linears, quantized)
 
     sequential_pass(model, batches, names, step, progress)
     return result

@@ -13,23 +13,21 @@ GPTQ with H = I is exactly round-to-nearest on the same grid, which is what `qua
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from harness.registry import QUANTIZERS
-from quantizers.base import Backend, QuantizedTensor, Quantizer, QuantizerConfig, check_block_size
-from quantizers.calibration import CalibrationConfig
+from quantizers.base import QuantizedTensor, Quantizer
+from quantizers.calibration import CalibratedFormat
 from quantizers.gptq.calibrate import calibrate
 from quantizers.gptq.solver import HESSIAN_DTYPES, HessianAccumulator, gptq_quantize
-from quantizers.intk import BITS, IntKConfig
 
 
 @QUANTIZERS.register("gptq", "GPTQ (calibrated, error-compensating) int-k with zero point, group-wise; intk's format")
 @dataclass
-class GPTQConfig(QuantizerConfig):
+class GPTQConfig(CalibratedFormat):
     name: str = "gptq"
-    bits: int = 4
     group_size: int = 64  # SmolLM2's 576-wide layers are not divisible by GPTQ's usual 128
     sym: bool = False  # asymmetric min-max (intk's grid); sym: GPTQ's reference grid, zero point 2^(k-1)
     act_order: bool = False  # columns in decreasing diag(H) order; needs static_groups
@@ -37,15 +35,9 @@ class GPTQConfig(QuantizerConfig):
     block_size: int = 128  # the lazy batch: only speed depends on it, the codes do not
     damp: float = 0.01  # of the mean diagonal of H, added to it
     hessian_dtype: str = "float32"  # the reference's; float64 for exactness checks
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    calibrated = True  # class attribute, not a field: quantize_model runs calibrate() for this quantizer
-    group_zero_points = True  # class attribute: intk's format, which QA-LoRA merges into
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.bits not in BITS:
-            raise ValueError(f"gptq.bits={self.bits!r} is not accepted; use one of {BITS}")
-        check_block_size(self.name, "group_size", self.group_size)
         if self.act_order and not self.static_groups:
             raise ValueError("gptq.act_order=true needs gptq.static_groups=true: without static groups a group's "
                              "columns are scattered by the permutation and intk's format (groups of consecutive "
@@ -57,17 +49,9 @@ class GPTQConfig(QuantizerConfig):
         if self.hessian_dtype not in HESSIAN_DTYPES:
             raise ValueError(f"gptq.hessian_dtype={self.hessian_dtype!r} is not accepted; use one of "
                              f"{list(HESSIAN_DTYPES)}")
-        if isinstance(self.calibration, dict):
-            self.calibration = CalibrationConfig(**self.calibration)
-        if self.backend is Backend.bitsandbytes:
-            raise ValueError("gptq.backend=bitsandbytes is not possible: bitsandbytes has no int-k kernel; "
-                             "use reference")
 
     def build(self) -> GPTQQuantizer:
         return GPTQQuantizer(self)
-
-    def storage_bytes(self, shape: tuple[int, ...]) -> int:
-        return IntKConfig(bits=self.bits, group_size=self.group_size).storage_bytes(shape)
 
     def calibrate(self, model, names, batches, progress=None) -> dict:
         return calibrate(self, model, names, batches, progress)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from quantizers.calibration import CalibratedLayer, input_hooks, output_error, sequential_pass
+from quantizers.calibration import CalibratedLayer, input_hooks, output_error, sequential_pass, swap_in
 from quantizers.gptq.solver import HESSIAN_DTYPES, HessianAccumulator
 from quantizers.intk import IntKConfig
 
@@ -34,22 +34,15 @@ def calibrate(config, model, names, batches, progress=None) -> dict[str, Calibra
             run()
         finally:
             remove()
-        originals = {}
+        quantized = {}
         for name, linear in linears.items():
             H = hessians[owners[name]].hessian
             w = linear.weight.detach()
             qt = quantizer.quantize_with_hessian(w, H, name=f"{name}.weight")
-            w_hat = qt.dequantize(torch.float32)
-            result[name] = CalibratedLayer(qt, output_error(w, w_hat, H),
+            quantized[name] = qt.dequantize(torch.float32)
+            result[name] = CalibratedLayer(qt, output_error(w, quantized[name], H),
                                            output_error(w, rtn.quantize(w, name).dequantize(torch.float32), H))
-            originals[name] = linear.weight.data
-            linear.weight.data = w_hat.to(w.dtype)
-
-        def restore() -> None:
-            for name, linear in linears.items():
-                linear.weight.data = originals[name]
-
-        return restore
+        return swap_in(linears, quantized)
 
     sequential_pass(model, batches, names, step, progress)
     return result

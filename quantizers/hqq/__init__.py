@@ -16,16 +16,15 @@ from dataclasses import dataclass
 import torch
 
 from harness.registry import QUANTIZERS
-from quantizers.base import Backend, QuantizedTensor, Quantizer, QuantizerConfig, check_block_size
+from quantizers.base import QuantizedTensor, Quantizer
 from quantizers.hqq.solver import hqq_quantize, hqq_solve
-from quantizers.intk import BITS, IntKConfig
+from quantizers.intk import IntKFormat
 
 
 @QUANTIZERS.register("hqq", "HQQ (calibration-free, lp-optimal zero points) int-k, group-wise; intk's format")
 @dataclass
-class HQQConfig(QuantizerConfig):
+class HQQConfig(IntKFormat):
     name: str = "hqq"
-    bits: int = 4
     group_size: int = 64  # hqq's default; SmolLM2's 576-wide layers are not divisible by 128
     # hqq's published defaults (hqq/core/optimize.py): lp_norm 0.7, beta 10, kappa 1.01, 20 iterations
     iterations: int = 20  # proximal updates at most; 0 is intk's round-to-nearest
@@ -33,13 +32,9 @@ class HQQConfig(QuantizerConfig):
     beta: float = 10.0  # the half-quadratic penalty, in weight units (quantizers.hqq.solver)
     kappa: float = 1.01  # beta *= kappa after each update; 1 is what hqq's default solver actually does
     optimize_scale: bool = False  # also refit each group's scale; hqq optimizes the zero point only
-    group_zero_points = True  # class attribute: intk's format, which QA-LoRA merges into
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.bits not in BITS:
-            raise ValueError(f"hqq.bits={self.bits!r} is not accepted; use one of {BITS}")
-        check_block_size(self.name, "group_size", self.group_size)
         if not isinstance(self.iterations, int) or isinstance(self.iterations, bool) or self.iterations < 0:
             raise ValueError(f"hqq.iterations={self.iterations!r} is not accepted; use an integer >= 0 "
                              "(0: intk's round-to-nearest)")
@@ -51,14 +46,9 @@ class HQQConfig(QuantizerConfig):
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
                 raise ValueError(f"hqq.{field}={value!r} is not accepted; use {accepted}")
-        if self.backend is Backend.bitsandbytes:
-            raise ValueError("hqq.backend=bitsandbytes is not possible: bitsandbytes has no int-k kernel; use reference")
 
     def build(self) -> HQQQuantizer:
         return HQQQuantizer(self)
-
-    def storage_bytes(self, shape: tuple[int, ...]) -> int:
-        return IntKConfig(bits=self.bits, group_size=self.group_size).storage_bytes(shape)
 
 
 class HQQQuantizer(Quantizer):

@@ -28,28 +28,38 @@ from quantizers.base import (
 BITS = (2, 3, 4, 8)
 
 
-@QUANTIZERS.register("intk", "int-k (k = 2/3/4/8) asymmetric min-max with zero point, group-wise (QA-LoRA's base)")
 @dataclass
-class IntKConfig(QuantizerConfig):
-    name: str = "intk"
+class IntKFormat(QuantizerConfig):
+    """What every quantizer writing intk's format shares (intk, and GPTQ, AWQ, HQQ, which choose the codes
+    differently): bits and group_size with their checks, the storage, and the class attribute group_zero_points
+    that QA-LoRA reads to know it can merge into the zero points. Not registered itself."""
+
     bits: int = 4
-    group_size: int = 32  # QA-LoRA's default; GPTQ commonly uses 128
+    group_size: int = 64
     group_zero_points = True  # class attribute: intk's format, which QA-LoRA merges into
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.bits not in BITS:
-            raise ValueError(f"intk.bits={self.bits!r} is not accepted; use one of {BITS}")
+            raise ValueError(f"{self.name}.bits={self.bits!r} is not accepted; use one of {BITS}")
         check_block_size(self.name, "group_size", self.group_size)
         if self.backend is Backend.bitsandbytes:
-            raise ValueError("intk.backend=bitsandbytes is not possible: bitsandbytes has no int-k kernel; use reference")
-
-    def build(self) -> IntKQuantizer:
-        return IntKQuantizer(self)
+            raise ValueError(f"{self.name}.backend=bitsandbytes is not possible: bitsandbytes has no int-k kernel; "
+                             "use reference")
 
     def storage_bytes(self, shape: tuple[int, ...]) -> int:
         n = math.prod(shape)
         return packing.packed_nbytes(n, self.bits) + (n // self.group_size) * 2 * 2  # fp16 scale + zero point
+
+
+@QUANTIZERS.register("intk", "int-k (k = 2/3/4/8) asymmetric min-max with zero point, group-wise (QA-LoRA's base)")
+@dataclass
+class IntKConfig(IntKFormat):
+    name: str = "intk"
+    group_size: int = 32  # QA-LoRA's default; GPTQ commonly uses 128
+
+    def build(self) -> IntKQuantizer:
+        return IntKQuantizer(self)
 
 
 class IntKQuantizer(Quantizer):
