@@ -34,7 +34,7 @@ class EvalConfig:
     device: str = "auto"  # auto: CUDA when present, else CPU
     compute_dtype: str = "auto"  # for quantizers whose compute_dtype is auto: bf16 where native, else fp32
     split: str = "test"
-    context_length: int = 1024
+    context_length: int | None = None  # None: the smaller of 1024 and the model's maximum positions
     stride: int | None = None  # None: = context_length (each token scored once, lm-eval's windows)
     max_tokens: int = 16384  # 0: the whole split
     tasks: list[str] = field(default_factory=list)  # lm-eval task names from experiments/lm_eval_tasks/
@@ -55,9 +55,10 @@ class EvalConfig:
         check_compute_dtype(self.compute_dtype)
         if self.split not in SPLITS:
             raise ValueError(f"eval.split={self.split!r} is not accepted; use train, validation or test")
-        if self.context_length < 2:
-            raise ValueError(f"eval.context_length={self.context_length} must be at least 2")
-        if self.stride is not None and not 1 <= self.stride <= self.context_length:
+        if self.context_length is not None and self.context_length < 2:
+            raise ValueError(f"eval.context_length={self.context_length} must be at least 2 (or null: the smaller "
+                             "of 1024 and the model's maximum positions)")
+        if self.stride is not None and not 1 <= self.stride <= (self.context_length or self.stride):
             raise ValueError(f"eval.stride={self.stride} must be between 1 and context_length={self.context_length}")
         if self.task_batch_size < 1:
             raise ValueError(f"eval.task_batch_size={self.task_batch_size} must be at least 1 "

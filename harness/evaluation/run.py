@@ -82,12 +82,14 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     from harness.data.tokens import tokenize
     from harness.evaluation.paper_table import write_eval_outputs
     from harness.evaluation.tasks import built_task_data, task_files
-    from harness.models.sources import check_context_length, load_model
+    from harness.models.sources import load_model, resolve_context_length
 
     task_files(cfg.tasks)  # an unknown task or a missing data file stops here, before the model is loaded
     model_cfg = OmegaConf.to_object(cfg.model)
     model, tokenizer = load_model(model_cfg)
-    check_context_length(cfg.context_length, model_cfg, model)  # some models state their limit only once loaded
+    # some models state their limit only once loaded; the resolved window goes into run.json
+    with validating():
+        cfg.context_length = resolve_context_length(cfg.context_length, model_cfg, model, stride=cfg.stride)
     # built tasks (austen_cloze) are built now, before any evaluation; their items' hash goes into run.json
     task_data = {task: data.record() for task, data in built_task_data(cfg.tasks).items()}
     corpus = load_corpus(OmegaConf.to_object(cfg.data))

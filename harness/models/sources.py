@@ -145,14 +145,30 @@ def max_positions(cfg: ModelConfig, model: nn.Module | None = None) -> int | Non
     return (cfg.architecture or {}).get("max_position_embeddings")
 
 
-def check_context_length(context_length: int, model_cfg: ModelConfig, model: nn.Module | None = None,
+DEFAULT_CONTEXT = 1024  # evaluation windows when none is asked for, if the model goes that far
+
+
+def check_context_length(context_length: int | None, model_cfg: ModelConfig, model: nn.Module | None = None,
                          field: str = "eval.context_length") -> None:
     """Stop before any work when evaluation windows are longer than the model's positions go. `field`: the knob
-    the error names (eval.context_length, sensitivity.context_length)."""
+    the error names (eval.context_length, sensitivity.context_length). None (the default) always fits."""
     limit = max_positions(model_cfg, model)
-    if limit is not None and context_length > limit:
+    if context_length is not None and limit is not None and context_length > limit:
         raise ValueError(f"{field}={context_length} is above the maximum positions of model "
                          f"{model_cfg.name!r} ({limit}); set context_length to at most {limit}")
+
+
+def resolve_context_length(context_length: int | None, model_cfg: ModelConfig, model: nn.Module | None = None,
+                           field: str = "eval.context_length", stride: int | None = None) -> int:
+    """An explicit window, checked against the model's positions; None: the smaller of 1024 and the model's
+    maximum positions (a model that states no limit gets 1024). A stride must fit the window it moves."""
+    check_context_length(context_length, model_cfg, model, field)
+    if context_length is None:
+        context_length = min(DEFAULT_CONTEXT, max_positions(model_cfg, model) or DEFAULT_CONTEXT)
+    if stride is not None and stride > context_length:
+        raise ValueError(f"{field.rpartition('.')[0]}.stride={stride} is longer than the window it moves "
+                         f"({field}={context_length}); use a stride of at most {context_length}")
+    return context_length
 
 
 # ---------------------------------------------------------------- sources

@@ -36,7 +36,7 @@ class SensitivityConfig:
     compute_dtype: str = "auto"  # for quantizers whose compute_dtype is auto: bf16 where native, else fp32
     split: str = "validation"  # where groups are ranked and the plans chosen
     heldout_split: str | None = "test"  # where the plans are measured again; None: not measured elsewhere
-    context_length: int = 1024
+    context_length: int | None = None  # None: the smaller of 1024 and the model's maximum positions
     stride: int | None = None  # None: = context_length
     max_tokens: int = 2048  # 0: the whole split
     output_dir: str = "results/sensitivity"
@@ -72,9 +72,10 @@ class SensitivityConfig:
         if self.heldout_split == self.split:
             raise ValueError(f"sensitivity.heldout_split={self.heldout_split!r} is the split the plans are chosen "
                              "on; use another split, or null to skip the held-out measurement")
-        if self.context_length < 2:
-            raise ValueError(f"sensitivity.context_length={self.context_length} must be at least 2")
-        if self.stride is not None and not 1 <= self.stride <= self.context_length:
+        if self.context_length is not None and self.context_length < 2:
+            raise ValueError(f"sensitivity.context_length={self.context_length} must be at least 2 (or null: the "
+                             "smaller of 1024 and the model's maximum positions)")
+        if self.stride is not None and not 1 <= self.stride <= (self.context_length or self.stride):
             raise ValueError(f"sensitivity.stride={self.stride} must be between 1 and "
                              f"context_length={self.context_length}")
         if self.max_tokens < 0:

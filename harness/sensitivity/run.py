@@ -128,7 +128,7 @@ def run(cfg) -> dict[str, pd.DataFrame]:
 
     from harness.data.corpus import load_corpus
     from harness.models.quantize import target_layers
-    from harness.models.sources import check_context_length, load_model
+    from harness.models.sources import load_model, resolve_context_length
     from harness.records import write_run_json
 
     t_start = time.perf_counter()
@@ -137,7 +137,9 @@ def run(cfg) -> dict[str, pd.DataFrame]:
     none = dataclasses.replace(_none_config(), compute_dtype=low.compute_dtype)
     model_cfg = OmegaConf.to_object(cfg.model)
     model, tokenizer = load_model(model_cfg)
-    check_context_length(cfg.context_length, model_cfg, model, field="sensitivity.context_length")
+    with validating():
+        cfg.context_length = resolve_context_length(cfg.context_length, model_cfg, model,
+                                                    "sensitivity.context_length", cfg.stride)
     corpus = load_corpus(OmegaConf.to_object(cfg.data))
     score = _scorer(model, tokenizer, corpus, cfg.split, cfg)
     heldout = _scorer(model, tokenizer, corpus, cfg.heldout_split, cfg) if cfg.heldout_split else None

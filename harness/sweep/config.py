@@ -20,6 +20,9 @@ LOGGERS = ("none", "tensorboard")
 
 # composed keys that do not change a cell's result, left out of its hash
 NOT_IDENTITY = ("hydra", "sweep", "logger", "output_dir", "paper")
+# train.* knobs added after sweeps were first recorded, left out of the hash at their default (which reproduces
+# what cells did before the knob existed), so a resumed sweep finds its finished cells
+AT_DEFAULT_LEFT_OUT = {"scheduler": "cosine"}
 
 
 @dataclass
@@ -88,6 +91,11 @@ def identity(node: DictConfig) -> dict:
         tree.pop(key, None)
     train = tree.get("train", {})
     train.pop("progress", None)
+    if train.get("eval_context", 0) is None:  # the default: 1024 capped at the model's positions, as before it was
+        train["eval_context"] = 1024          # null; the same evaluation keeps the same hash
+    for key, default in AT_DEFAULT_LEFT_OUT.items():  # knobs added later: at their default, older cells keep theirs
+        if key in train and train[key] == default:
+            train.pop(key)
     if not train.get("tasks"):  # no tasks: their settings change nothing, and older cells keep their hashes
         for key in ("tasks", "task_limit", "task_batch_size"):
             train.pop(key, None)

@@ -14,6 +14,7 @@ from harness.device import check_compute_dtype, check_device
 from harness.models.quantize import MODULE_KINDS
 
 OPTIMIZERS = ("auto", "adamw", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit")
+SCHEDULERS = ("cosine", "linear", "constant")  # each after the linear warm-up of warmup_ratio
 
 
 
@@ -28,12 +29,16 @@ class TrainSettings:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1  # share of the steps spent warming the learning rate up from 0
+    # after the warm-up: cosine decay to 0, linear decay to 0, or constant at lr (what a bare PEFT loop or a
+    # paper without a schedule used)
+    scheduler: str = "cosine"
     max_grad_norm: float = 1.0  # 0: no clipping
     optimizer: str = "auto"  # auto: paged_adamw_32bit on CUDA (bitsandbytes), adamw on the CPU
     gradient_checkpointing: bool = False
     seed: int = 0
     eval_tokens: int = 4096  # validation tokens scored before / after / merged (0: the whole split)
-    eval_context: int = 1024  # window of the perplexity evaluation (capped at the model's maximum)
+    # window of the perplexity evaluation; None: the smaller of 1024 and the model's maximum positions
+    eval_context: int | None = None
     eval_split: str = "validation"
     # lm-eval tasks (local or built, e.g. [austen_cloze]) scored after fine-tuning and after merging, as `eval`
     # scores them: metrics <task>/<metric>_after and _merged (e.g. austen_cloze/acc_after)
@@ -45,6 +50,8 @@ class TrainSettings:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_context"):
             value = getattr(self, name)
+            if name == "eval_context" and value is None:
+                continue
             if not isinstance(value, int) or value < (0 if name == "steps" else 1):
                 zero = " (steps=0: evaluate the quantized base only)" if name == "steps" else ""
                 raise ValueError(f"train.{name}={value!r} is not accepted; use a positive integer{zero}")
@@ -54,6 +61,8 @@ class TrainSettings:
             raise ValueError(f"train.warmup_ratio={self.warmup_ratio!r} is not accepted; use a value in [0, 1)")
         if self.max_grad_norm < 0 or self.weight_decay < 0:
             raise ValueError("train.max_grad_norm and train.weight_decay must be >= 0")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"train.scheduler={self.scheduler!r} is not accepted; use one of {list(SCHEDULERS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"train.optimizer={self.optimizer!r} is not accepted; use one of {list(OPTIMIZERS)}")
         if self.eval_tokens < 0:

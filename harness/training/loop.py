@@ -1,8 +1,8 @@
 """The training loop, deliberately plain (what a researcher would write by hand, so the harness adds no overhead):
 causal-LM loss on packed blocks of the train split, AdamW (bitsandbytes' paged AdamW on CUDA), gradient
-accumulation, linear warm-up then cosine decay, gradient clipping, optional gradient checkpointing. Seeding
-covers the weights of the adapter, the data order and dropout, so the same seed gives the same losses on
-the CPU bit for bit.
+accumulation, linear warm-up then a cosine, linear or constant learning rate, gradient clipping, optional
+gradient checkpointing. Seeding covers the weights of the adapter, the data order and dropout, so the same
+seed gives the same losses on the CPU bit for bit.
 """
 
 from __future__ import annotations
@@ -29,11 +29,16 @@ def make_optimizer(params, s: TrainSettings, device: torch.device):
 
 
 def lr_factor(step: int, s: TrainSettings) -> float:
-    """Linear warm-up over warmup_ratio of the steps, then cosine decay to 0 (step counts from 0)."""
+    """Linear warm-up over warmup_ratio of the steps, then train.scheduler: cosine or linear decay to 0, or
+    constant (step counts from 0; the first step after the warm-up runs at the full lr)."""
     warmup = math.ceil(s.warmup_ratio * s.steps)
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, s.steps - warmup)
+    if s.scheduler == "constant":
+        return 1.0
+    if s.scheduler == "linear":
+        return 1.0 - progress
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 

@@ -14,7 +14,6 @@ from adapters import base as adapters
 from harness.config import adapter_config, quantizer_config, quantizer_label, validated
 from harness.data.calibration import calibration_batches, check_calibration_split
 from harness.device import resolve_compute_dtype, resolve_device
-from harness.models.sources import max_positions
 from harness.training.config import TrainConfig, TrainSettings
 
 
@@ -58,7 +57,7 @@ def resolve_layer(module: str, qcfg, acfg: adapters.AdapterConfig) -> tuple[str,
 def plan(cfg: TrainConfig) -> Plan:
     """Validate and resolve everything; raises (naming the field) before any work."""
     from harness.data.corpus import data_config
-    from harness.models.sources import model_config
+    from harness.models.sources import check_context_length, model_config
 
     model, data = model_config(cfg.model), data_config(cfg.data)
     settings = cfg.train if isinstance(cfg.train, TrainSettings) else validated(TrainSettings, cfg.train)
@@ -76,6 +75,7 @@ def plan(cfg: TrainConfig) -> Plan:
         from harness.evaluation.tasks import task_files
 
         task_files(settings.tasks)
+    check_context_length(settings.eval_context, model, field="train.eval_context")  # where known unloaded
     if model.source == "tiny" and settings.seq_len > model.max_positions:
         raise ValueError(f"train.seq_len={settings.seq_len} exceeds model.max_positions={model.max_positions}")
     out = cfg.output_dir or f"results/train/{model.name}/{quantizer_label(qcfg)}-{acfg.name}-r{acfg.rank}"
@@ -142,7 +142,10 @@ def evaluate(model, ids: torch.Tensor, tokenizer, p: Plan):
 
 
 def eval_context(model, p: Plan) -> int:
-    return min(p.train.eval_context, max_positions(p.model, model) or 1 << 30)
+    """train.eval_context as set (checked against the model's positions), else the smaller of 1024 and them."""
+    from harness.models.sources import resolve_context_length
+
+    return resolve_context_length(p.train.eval_context, p.model, model, "train.eval_context")
 
 
 def data_for(p: Plan, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,3 +24,13 @@ def test_bad_knobs_are_one_line_user_errors(override, fragment):
 
     with pytest.raises(UserError, match=re.escape(fragment)):
         check(compose_sensitivity(["model=tiny-llama", "context_length=64", "compute_dtype=float32", override]))
+
+
+def test_without_a_context_length_the_models_positions_bound_the_window():
+    """tiny-llama has 256 positions: the default (null) resolves to 256 instead of asking the user to set it."""
+    from harness.cli.sensitivity import check
+    from harness.models.sources import model_config, resolve_context_length
+
+    cfg = compose_sensitivity(["model=tiny-llama", "compute_dtype=float32"])
+    check(cfg)  # before: "sensitivity.context_length=1024 is above the maximum positions"
+    assert resolve_context_length(cfg.context_length, model_config(cfg.model)) == 256

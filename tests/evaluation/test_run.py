@@ -53,14 +53,25 @@ def test_context_length_above_the_model_limit_stops_before_work(tmp_path, monkey
         raise AssertionError("evaluation started")
 
     monkeypatch.setattr(evaluate, "perplexity", started)
-    cfg = compose_eval(["model=tiny-opt", f"output_dir={tmp_path}"])  # context_length 1024 > 256 positions
+    cfg = compose_eval(["model=tiny-opt", "context_length=1024", f"output_dir={tmp_path}"])  # > 256 positions
     message = r"eval\.context_length=1024 is above the maximum positions of model 'tiny-opt' \(256\); .* at most 256"
     with pytest.raises(UserError, match=message):  # the CLI's check, before the model is loaded
         check(cfg)
-    with pytest.raises(ValueError, match=message):  # run() itself, right after loading
+    with pytest.raises(UserError, match=message):  # run() itself, right after loading
         run(cfg)
     assert not list(tmp_path.iterdir())  # nothing evaluated, nothing written
     check(compose_eval(["model=tiny-opt", "context_length=256"]))  # the limit itself is accepted
+
+
+def test_without_a_context_length_eval_uses_the_smaller_of_1024_and_the_models_positions(tmp_path):
+    from harness.evaluation.run import check, run
+    from harness.models.sources import DEFAULT_CONTEXT
+
+    cfg = compose_eval(["model=tiny-opt", "max_tokens=300", f"output_dir={tmp_path}"])  # 256 positions
+    check(cfg)
+    table = run(cfg)
+    assert table.query("metric == 'perplexity'").value.notna().all()
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["context_length"] == min(DEFAULT_CONTEXT, 256)
 
 
 def test_eval_calibrates_gptq_and_awq_on_the_train_split_and_never_on_the_evaluated_one(tmp_path):

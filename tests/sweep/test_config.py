@@ -24,3 +24,15 @@ def test_task_settings_change_the_hash_only_when_there_are_tasks():
     limited = plan_sweep(["adapter.rank=4", *TINY, "train.tasks=[austen_next_sentence]",
                           "train.task_limit=5"]).cells[0].hash
     assert len({plain, tasks, limited}) == 3
+
+
+def test_knobs_added_later_keep_older_hashes_at_their_defaults():
+    """train.scheduler=cosine and train.eval_context=null reproduce what cells did before those knobs existed
+    (cosine decay; a 1024-token window capped at the model's positions), so they hash as before; another value
+    is another cell."""
+    default = plan_sweep(["adapter.rank=4", *TINY, "model.max_positions=2048", "train.eval_context=null"]).cells[0].hash
+    assert plan_sweep(["adapter.rank=4", *TINY, "model.max_positions=2048", "train.eval_context=1024"]).cells[0].hash == default  # as before
+    assert plan_sweep(["adapter.rank=4", *TINY, "model.max_positions=2048", "train.eval_context=null", "train.scheduler=cosine"]
+                      ).cells[0].hash == default
+    assert plan_sweep(["adapter.rank=4", *TINY, "model.max_positions=2048", "train.eval_context=null", "train.scheduler=constant"]
+                      ).cells[0].hash != default
