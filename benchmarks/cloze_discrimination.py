@@ -30,7 +30,7 @@ from harness.config import EXPERIMENTS_DIR, quantizer_config
 from harness.device import resolve_compute_dtype
 from harness.evaluation.cloze import TASK, ensure_cloze
 from harness.evaluation.lm_eval_run import simple_evaluate_local
-from harness.evaluation.tasks import task_files
+from harness.evaluation.tasks import resolve_tasks
 from harness.models.quantize import quantize_model
 from harness.models.sources import ModelConfig, load_model
 
@@ -55,7 +55,7 @@ def cloze_items(model, tokenizer, path: Path, batch_size: int, limit: int | None
     if path.is_file():
         return [json.loads(line) for line in path.read_text().splitlines()]
     start = time.perf_counter()
-    out = simple_evaluate_local(model, tokenizer, [TASK], task_files([TASK]), limit=limit, max_length=CONTEXT,
+    out = simple_evaluate_local(model, tokenizer, resolve_tasks([TASK]), limit=limit, max_length=CONTEXT,
                                 batch_size=batch_size, log_samples=True)
     items = sorted(({"doc_id": s["doc_id"], "acc": s["acc"], "loglik": s["perplexity"]}
                     for s in out["samples"][TASK]), key=lambda s: s["doc_id"])
@@ -104,7 +104,7 @@ def speed(model, tokenizer, args) -> None:
         base = None
         for batch_size in (1, args.batch_size):
             start = time.perf_counter()
-            out = simple_evaluate_local(model, tokenizer, [task], task_files([task]), limit=limit,
+            out = simple_evaluate_local(model, tokenizer, resolve_tasks([task]), limit=limit,
                                         max_length=CONTEXT, batch_size=batch_size)
             seconds = time.perf_counter() - start
             rate = limit * per_doc / seconds

@@ -13,6 +13,8 @@ COMMANDS = {
     "collect": "harness.cli.collect",
     "plot": "harness.cli.plot",
     "table": "harness.cli.table",
+    "export-peft": "harness.cli.export_peft",
+    "compare": "harness.cli.compare",
     "sensitivity": "harness.cli.sensitivity",
 }
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-PACKAGES = ("torch", "bitsandbytes", "transformers", "peft", "lm_eval", "hydra-core", "pandas", "scipy")
+PACKAGES = ("torch", "bitsandbytes", "transformers", "peft", "lm_eval", "hydra-core", "pandas", "scipy", "datasets",
+            "safetensors", "accelerate")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -45,8 +46,14 @@ def versions() -> dict[str, str]:
 
 
 def device() -> dict[str, str | int]:
+    """The machine, with the fields of PEFT's method-comparison system_info (system, release, version, machine,
+    processor, accelerator) besides ours."""
+    uname = platform.uname()
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor(),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "system": uname.system,
+            "release": uname.release, "version": uname.version, "machine": uname.machine,
+            "processor": uname.processor or uname.machine,
+            "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
     return info

@@ -88,3 +88,34 @@ def paired_bootstrap_ppl_diff(nll_a, tok_a, nll_b, tok_b, resamples: int = 10_00
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(np.concatenate(diffs), [tail, 100 - tail])
     return diff, float(low), float(high)
+
+
+def bootstrap_item_mean(a, b=None, resamples: int = 10_000, seed: int = 0,
+                        confidence: float = 0.95) -> tuple[float, float | None, float | None]:
+    """Item-level bootstrap of a task score (the mean of per-item values, e.g. acc's 0/1), or of the paired
+    difference mean(A) - mean(B) when b is given: A and B scored on the same items.
+
+    a, b: shape (seeds, items) or (items,); item i is the same item in every row of both. -> (value, low, high):
+    value is the mean over seeds of the per-seed item mean (or of the difference); low and high the percentiles
+    of that over `resamples` resamples of the item indices, the same indices for A, B and every seed, so what
+    the items share (an easy item is easy for both) stays out of a difference's interval. low and high are None
+    with fewer than 2 items."""
+    x = np.atleast_2d(np.asarray(a, dtype=float))
+    if b is not None:
+        y = np.atleast_2d(np.asarray(b, dtype=float))
+        if x.shape != y.shape:
+            raise ValueError(f"A and B must be scored on the same items and seeds, got shapes {x.shape} and {y.shape}")
+        x = x - y  # the difference of means is the mean of per-item differences
+    items = x.shape[1]
+    value = float(x.mean(axis=1).mean())
+    if items < 2:
+        return value, None, None
+    rng = np.random.default_rng(seed)
+    chunk = max(1, CHUNK_ELEMENTS // items)
+    means = []
+    for start in range(0, resamples, chunk):
+        counts = resample_counts(rng, items, min(chunk, resamples - start))
+        means.append((counts @ x.T / items).mean(axis=1))  # (resamples, seeds) -> mean over seeds
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(np.concatenate(means), [tail, 100 - tail])
+    return value, float(low), float(high)

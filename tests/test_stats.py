@@ -85,3 +85,30 @@ def test_pairing_narrows_the_interval_and_no_difference_is_not_resolved():
     nll_a, nll_b, tokens = losses_with_difference(rng, 0.0)
     _, low, high = paired_bootstrap_ppl_diff(nll_a, tokens, nll_b, tokens)
     assert low < 0 < high  # no real difference: not resolved
+
+
+def test_item_bootstrap_matches_the_normal_interval_of_a_proportion_and_pairs_items():
+    """One seed of 0/1 answers: the bootstrap interval of the accuracy is close to p +- 1.96 sqrt(p(1-p)/n).
+    Two models answering the same items, B right wherever A is plus 15 more of 400: the paired difference is
+    exactly -15/400 with a narrow interval that excludes 0, while unpaired intervals of the two overlap."""
+    from harness.stats import bootstrap_item_mean
+
+    rng = np.random.default_rng(0)
+    a = (rng.random(400) < 0.4).astype(float)
+    p, low, high = bootstrap_item_mean(a)
+    assert p == a.mean()
+    half = 1.96 * math.sqrt(p * (1 - p) / 400)
+    # percentile bootstrap vs the normal approximation at n=400: they agree to a few tenths of a point
+    assert low == pytest.approx(p - half, abs=0.005) and high == pytest.approx(p + half, abs=0.005)
+    b = a.copy()
+    b[np.flatnonzero(a == 0)[:15]] = 1.0
+    diff, low, high = bootstrap_item_mean(a, b)
+    assert diff == pytest.approx(-15 / 400, abs=1e-15)  # float rounding of a mean of 0/1/-1 values
+    assert high < 0  # resolved: every changed item moved the same way
+    _, low_b, _ = bootstrap_item_mean(b)
+    assert low_b < a.mean()  # unpaired, B's interval still reaches below A's accuracy
+    # seeds: the value is the mean of the per-seed accuracies, and shapes must agree
+    two = np.stack([a, b])
+    assert bootstrap_item_mean(two)[0] == pytest.approx((a.mean() + b.mean()) / 2, abs=1e-15)
+    with pytest.raises(ValueError, match="same items"):
+        bootstrap_item_mean(a, b[:-1])

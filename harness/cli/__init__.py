@@ -62,7 +62,11 @@ def sweep_dir_argument(command: str) -> Path:
     usage = f"usage: python -m harness {command} <sweep dir> (a sweep's output_dir, e.g. results/sweeps/ranks)"
     if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
         raise UserError(usage)
-    sweep_dir = Path(sys.argv[1])
+    return sweep_dir_checked(Path(sys.argv[1]))
+
+
+def sweep_dir_checked(sweep_dir: Path) -> Path:
+    """`sweep_dir` when it is a folder holding cells/<hash>/record.json, else a UserError that says so."""
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir} is not a folder; give a sweep's output_dir, the folder holding "
                         "cells/<hash>/record.json (e.g. results/sweeps/ranks)")

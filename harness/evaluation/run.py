@@ -19,8 +19,9 @@ from harness.records import write_run_json
 from harness.user_error import validating
 
 
-def evaluate_configuration(model, tokenizer, ids, cfg, label: str, quantizer_node) -> list[dict]:
-    """One row per metric for one configuration (label 'full precision' when quantizer_node is None)."""
+def evaluate_configuration(model, tokenizer, ids, cfg, label: str, quantizer_node, tasks=None) -> list[dict]:
+    """One row per metric for one configuration (label 'full precision' when quantizer_node is None).
+    tasks: cfg.tasks resolved (harness.evaluation.tasks.TaskSet); None: resolved here."""
     from harness.evaluation.lm_eval_run import run_lm_eval_tasks
     from harness.evaluation.perplexity import perplexity, prefix_token_id
     from harness.models.quantize import quantize_model
@@ -50,13 +51,19 @@ def evaluate_configuration(model, tokenizer, ids, cfg, label: str, quantizer_nod
                    "layer_output_error": sum(r.output_error for r in layers) / len(layers),
                    "layer_output_error_rtn": sum(r.rtn_output_error for r in layers) / len(layers)}
     if cfg.tasks:
-        from harness.evaluation.tasks import task_files
-
-        for task, metrics in run_lm_eval_tasks(model, tokenizer, list(cfg.tasks), task_files(cfg.tasks),
-                                               limit=cfg.task_limit, max_length=cfg.context_length,
-                                               batch_size=cfg.task_batch_size).items():
+        tasks = tasks or resolved_tasks(cfg)
+        scores = run_lm_eval_tasks(model, tokenizer, tasks, limit=cfg.task_limit, num_fewshot=cfg.num_fewshot,
+                                   max_length=cfg.context_length, batch_size=cfg.task_batch_size)
+        for task, metrics in scores.metrics.items():
             values.update({f"{task}/{name}": value for name, value in metrics.items()})
     return [{"configuration": label, "metric": k, "value": float(v)} for k, v in values.items()]
+
+
+def resolved_tasks(cfg):
+    """cfg.tasks as a TaskSet, checked (an unknown name, missing data, an uncached dataset offline raise)."""
+    from harness.evaluation.tasks import resolve_tasks
+
+    return resolve_tasks(cfg.tasks, cfg.task_datasets, cfg.num_fewshot)
 
 
 def calibration_for(qcfg, cfg, tokenizer, device):
@@ -81,17 +88,17 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     from harness.data.corpus import load_corpus
     from harness.data.tokens import tokenize
     from harness.evaluation.paper_table import write_eval_outputs
-    from harness.evaluation.tasks import built_task_data, task_files
+    from harness.evaluation.tasks import built_task_data
     from harness.models.sources import load_model, resolve_context_length
 
-    task_files(cfg.tasks)  # an unknown task or a missing data file stops here, before the model is loaded
+    tasks = resolved_tasks(cfg)  # an unknown task, missing data, an uncached dataset offline stop here, unloaded
     model_cfg = OmegaConf.to_object(cfg.model)
     model, tokenizer = load_model(model_cfg)
     # some models state their limit only once loaded; the resolved window goes into run.json
     with validating():
         cfg.context_length = resolve_context_length(cfg.context_length, model_cfg, model, stride=cfg.stride)
     # built tasks (austen_cloze) are built now, before any evaluation; their items' hash goes into run.json
-    task_data = {task: data.record() for task, data in built_task_data(cfg.tasks).items()}
+    task_data = {task: data.record() for task, data in built_task_data(tasks.names).items()}
     corpus = load_corpus(OmegaConf.to_object(cfg.data))
     ids = tokenize(getattr(corpus, cfg.split), tokenizer)
     if cfg.max_tokens:
@@ -102,7 +109,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     configurations = [("full precision", None)] + list(cfg.quantizers.items())
     for label, node in configurations:
         try:
-            new = evaluate_configuration(model, tokenizer, ids, cfg, label, node)
+            new = evaluate_configuration(model, tokenizer, ids, cfg, label, node, tasks)
             status, error = "ok", ""
         except Exception as exc:  # one failed configuration must not lose the others
             new, status, error = [], "failed", "".join(traceback.format_exception_only(exc)).strip()
@@ -133,14 +140,13 @@ def check(cfg: DictConfig) -> None:
     from harness.config import validated
     from harness.data.corpus import data_config
     from harness.evaluation.config import EvalConfig
-    from harness.evaluation.tasks import task_files
     from harness.models.sources import check_context_length, model_config
 
     with validating():
         validated(EvalConfig, cfg)
         check_context_length(cfg.context_length, model_config(cfg.model))  # where the limit is known unloaded
         data_config(cfg.data)
-        task_files(cfg.tasks)
+        resolved_tasks(cfg)
     from harness.data.calibration import check_calibration_split
 
     for label, node in cfg.quantizers.items():

@@ -12,8 +12,8 @@ import pandas as pd
 # the evaluations of a cell after the full-precision reference, with their titles in figures
 STAGES = {"before": "before fine-tuning", "after": "after fine-tuning", "merged": "after merging"}
 
-# the tidy table's columns that are not settings of a cell
-NOT_SETTINGS = ("cell", "status", "error", "metric", "value")
+# the tidy table's columns that are not settings of a cell (sweep: which folder `compare` took a cell from)
+NOT_SETTINGS = ("cell", "status", "error", "metric", "value", "sweep")
 REPLICATE = "seed"  # the setting whose values are replicates of one configuration
 
 # override keys that are not settings of the model: where it runs and writes, and the replicate axis

@@ -12,6 +12,11 @@ status ok are plotted. Every figure is saved as PNG and PDF under <sweep dir>/fi
 - recovery: the share of the quantization loss that fine-tuning won back, against the trainable parameters.
 - weight_error_vs_perplexity: each quantized base's weight SQNR against its perplexity increase over full
   precision, with their Spearman rank correlation. Needs at least three quantizer bases.
+- task_accuracy_vs_rank: each train.tasks task's accuracy against the adapter rank, a panel per stage, with
+  seed or item-level intervals (figures_tasks.py).
+- pareto_<quality>_vs_<cost>: quality (perplexity, lm-eval accuracy; after fine-tuning, after merging) against
+  peak memory, trainable parameters and training seconds, the Pareto frontier marked; one file per pair, all
+  drawn by the one registered figure `pareto` (figures_pareto.py).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 # imported for their registrations: each module registers the figures it draws
-from harness.report import figures_cost, figures_quality, figures_rank  # noqa: F401
+from harness.report import figures_cost, figures_pareto, figures_quality, figures_rank, figures_tasks  # noqa: F401
 from harness.report.figures_quality import spearman_text
 from harness.report.style import apply_style
 from harness.report.sweep_data import PlotResult, Skip, in_order, sweep_data
@@ -57,6 +62,8 @@ def make_figures(sweep_dir: Path | str, formats: tuple[str, ...] = ("png", "pdf"
             echo(f"skipped {name}: {result.skipped[name]}")
         else:
             echo(f"wrote {name}: {', '.join(str(p) for p in result.written[name])}")
+    # pareto writes a file per (quality, cost) pair: those of pairs that no longer apply go too
+    figures_pareto.remove_stale(out, result.written.get("pareto", []))
     if result.spearman is not None:
         echo(f"weight_error_vs_perplexity: {spearman_text(*result.spearman)}")
     return result

@@ -14,7 +14,11 @@ import pandas as pd
 
 TABLES = {"tables/summary.md": "configurations: mean and 95% seed interval of each headline metric",
           "tables/comparisons.md": "paired bootstrap comparisons of perplexity on the same text",
+          "tables/pareto.md": "Pareto frontiers: the configurations no other beats on both quality and cost",
+          "tables/tasks.md": "task accuracy per stage with item-level intervals, and paired comparisons on the "
+                             "same items (sweeps with train.tasks)",
           "paper.md": "a paper reproduction: our table beside the published one, and which claims hold"}
+OPTIONAL = ("tables/tasks.md", "paper.md")  # written only when the sweep has tasks / reproduces a paper
 
 
 def _values(column: pd.Series) -> str:
@@ -66,6 +70,8 @@ def write_report(sweep_dir: Path | str) -> Path:
     from harness.records import read_records, write_atomic
     from harness.registry import FIGURES
     from harness.report.figures_quality import spearman, weight_error_points
+    from harness.report.pareto import describe as pareto_figure
+    from harness.report.pareto import stem_order
     from harness.report.sweep_data import in_order, label, sweep_data
     from harness.sweep.collect import tidy
 
@@ -82,7 +88,7 @@ def write_report(sweep_dir: Path | str) -> Path:
     for path, what in TABLES.items():
         if (sweep_dir / path).is_file():
             lines.append(f"- [{path}]({path}): {what}")
-    missing = [p for p in TABLES if p.startswith("tables/") and not (sweep_dir / p).is_file()]  # paper.md: optional
+    missing = [p for p in TABLES if p not in OPTIONAL and not (sweep_dir / p).is_file()]
     if missing:
         lines.append(f"- {' and '.join(f'`{p}`' for p in missing)}: not written yet; run "
                      f"`python -m harness table {sweep_dir}`")
@@ -95,13 +101,15 @@ def write_report(sweep_dir: Path | str) -> Path:
     figures = sweep_dir / "figures"
     pngs = sorted(figures.glob("*.png")) if figures.is_dir() else []
     known = {entry.name: i for i, entry in enumerate(in_order())}
-    pngs.sort(key=lambda p: (known.get(p.stem, len(known)), p.stem))
+    pngs.sort(key=lambda p: (known.get(p.stem, len(known)), stem_order(p.stem), p.stem))
     if not pngs:
         parts.append(f"No figures in figures/: `python -m harness plot {sweep_dir}` draws each one the sweep's data "
                      "allows and says why it leaves out the others.")
     for png in pngs:
         if png.stem in FIGURES:
             title, caption = FIGURES.get(png.stem).title, FIGURES.entry(png.stem).description
+        elif described := pareto_figure(png.stem):  # one of the files the `pareto` entry writes
+            title, caption = described
         else:
             title, caption = png.stem.replace("_", " ").capitalize(), ""
         pdf = png.with_suffix(".pdf")

@@ -23,6 +23,8 @@ from harness.report.configurations import (
     pct,
     show,
 )
+from harness.report.pareto import pareto_files
+from harness.report.task_tables import task_files
 
 # headline metric -> (column title, scale, decimals when there is no interval)
 HEADLINE = {
@@ -123,8 +125,9 @@ def summary_note(confidence: float) -> str:
 
 def write_tables(sweep_dir: Path | str, resamples: int = 10_000, seed: int = 0,
                  confidence: float = 0.95) -> tuple[str, str, list[Path]]:
-    """Collect the sweep's records afresh and write <sweep dir>/tables/summary.{md,tex,csv} and
-    comparisons.{md,tex,csv} -> (the summary's Markdown, the resolved count line, the paths written)."""
+    """Collect the sweep's records afresh and write <sweep dir>/tables/summary.{md,tex,csv},
+    comparisons.{md,tex,csv} and pareto.{md,csv} -> (the summary's Markdown, the resolved count line, the paths
+    written)."""
     from harness.records import read_records, write_atomic
     from harness.sweep.collect import collect
 
@@ -166,6 +169,8 @@ def write_tables(sweep_dir: Path | str, resamples: int = 10_000, seed: int = 0,
         "comparisons.md": comparisons_md,
         "comparisons.tex": latex(comparisons_display(pairs), note.replace("**", ""), "tab:comparisons"),
         "comparisons.csv": pairs.to_csv(index=False),
+        **pareto_files(frame, sweep_dir.name),
+        **task_files(records, conf, sweep_dir.name, resamples, seed, confidence),
     }
     paths = [write_atomic(out / name, text) for name, text in files.items()]
     return summary_md, count, paths

@@ -8,6 +8,7 @@ from typing import Any
 
 from harness.data.corpus import SPLITS
 from harness.models.quantize import MODULE_KINDS
+from harness.models.sources import DEFAULT_CONTEXT  # a stride longer than this fits no default window
 from harness.report.formats import check_formats
 
 GRANULARITIES = ("coarse", "layer")  # coarse: each block and each projection type; layer: also each layer alone
@@ -75,9 +76,9 @@ class SensitivityConfig:
         if self.context_length is not None and self.context_length < 2:
             raise ValueError(f"sensitivity.context_length={self.context_length} must be at least 2 (or null: the "
                              "smaller of 1024 and the model's maximum positions)")
-        if self.stride is not None and not 1 <= self.stride <= (self.context_length or self.stride):
-            raise ValueError(f"sensitivity.stride={self.stride} must be between 1 and "
-                             f"context_length={self.context_length}")
+        if self.stride is not None and not 1 <= self.stride <= (self.context_length or DEFAULT_CONTEXT):
+            raise ValueError(f"sensitivity.stride={self.stride} must be between 1 and context_length="
+                             f"{self.context_length or f'{DEFAULT_CONTEXT} (the largest default window)'}")
         if self.max_tokens < 0:
             raise ValueError(f"sensitivity.max_tokens={self.max_tokens} must be >= 0 (0 evaluates the whole "
                              "split; about 40 groups are evaluated, so keep it a few thousand on a CPU)")

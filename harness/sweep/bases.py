@@ -69,9 +69,11 @@ def reference_perplexity(p: Plan, ids: torch.Tensor):
     return evaluate(model.to(p.device), ids, tokenizer, p)
 
 
-def cached(sweep_dir: Path, key_fields: dict, compute) -> PerplexityResult:
-    """compute() (a PerplexityResult) once per key for the whole sweep folder: <sweep>/bases/<hash>.json, under a
-    file lock, so processes racing for the same evaluation compute it once (the others wait, then read it)."""
+def cached(sweep_dir: Path, key_fields: dict, compute, decode=None):
+    """compute() (a PerplexityResult, or any JSON value with decode=dict) once per key for the whole sweep folder:
+    <sweep>/bases/<hash>.json, under a file lock, so processes racing for the same evaluation compute it once (the
+    others wait, then read it)."""
+    decode = decode or (lambda value: PerplexityResult(**value))
     import fcntl
 
     key_fields = key_fields | {"format": CACHE_FORMAT}
@@ -80,7 +82,7 @@ def cached(sweep_dir: Path, key_fields: dict, compute) -> PerplexityResult:
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
-            return PerplexityResult(**json.loads(path.read_text())["value"])
+            return decode(json.loads(path.read_text())["value"])
         value = compute()
-        write_record(path, {"key": key_fields, "value": value.as_dict()})
+        write_record(path, {"key": key_fields, "value": value.as_dict() if hasattr(value, "as_dict") else value})
         return value

@@ -32,8 +32,9 @@ from harness.sweep.bases import (
 from harness.sweep.budget import with_budget
 from harness.sweep.config import SweepConfig, cell_hash, describe, sweep_config
 from harness.training.config import resolve_optimizer
-from harness.training.plan import Plan, attach_adapter, data_for, eval_context, evaluate, plan
+from harness.training.plan import Plan, attach_adapter, data_for, eval_context, plan
 from harness.training.run import base_metrics, resolved, train_and_evaluate, write_outputs
+from harness.training.stages import Evaluator, forgetting_split, merge_items
 from harness.user_error import message
 
 
@@ -61,8 +62,10 @@ def run_cell(node: DictConfig, overrides: list[str] | None = None) -> dict:
     else:
         record["resolved"] = resolved(p)
         try:
-            metrics, losses = execute(p, config)
+            metrics, losses, items = execute(p, config)
             record.update(status="ok", error="", metrics=metrics, losses=losses)
+            if items:
+                record["items"] = items
         except Exception as exc:  # the sweep goes on; the record says what happened  # noqa: BLE001
             record.update(status="failed", error=f"{type(exc).__name__}: {message(exc)}",
                           traceback=traceback.format_exc(), metrics={})
@@ -71,33 +74,64 @@ def run_cell(node: DictConfig, overrides: list[str] | None = None) -> dict:
     return record
 
 
-def execute(p: Plan, config: SweepConfig) -> tuple[dict[str, float], dict]:
+def execute(p: Plan, config: SweepConfig) -> tuple[dict[str, float], dict, dict]:
     """Quantize (or copy the cached base), evaluate, fine-tune, evaluate, merge, evaluate -> (the metrics, the
-    per-segment losses of every evaluation: what paired comparisons between cells read)."""
+    per-segment losses of every evaluation, the per-item task results of every stage: what paired comparisons
+    between cells read)."""
     sweep_dir = Path(config.output_dir)
     model, tokenizer, report, weights = quantized_base(p)
     blocks, ids = data_for(p, tokenizer)
-    metrics = {}
+    evaluator = Evaluator(p, tokenizer, ids)
+    metrics, items = {}, []
     losses = {"text": text_key(ids, eval_context(model, p)), "segment_tokens": SEGMENT_TOKENS}
     if config.sweep.reference:
         reference = cached(sweep_dir, reference_identity(p), lambda: reference_perplexity(p, ids))
         metrics["perplexity_full_precision"] = reference.perplexity
         losses["full_precision"] = reference.losses()
-    if weights is None:  # the adapter starts at zero: the attached model is the base, its evaluation shared
-        before = cached(sweep_dir, before_identity(p), lambda: evaluate(model, ids, tokenizer, p))
+        if p.tasks is not None:  # the full-precision model's task scores, once per sweep like its perplexity
+            scores = cached(sweep_dir, reference_identity(p) | extras_identity(p, forgetting=False),
+                            lambda: reference_extras(p, evaluator), decode=dict)
+            metrics |= scores["metrics"]
+            items.append(scores["items"])
+    if weights is None:  # the adapter starts at zero: the attached model is the base, its evaluations shared
+        before = cached(sweep_dir, before_identity(p), lambda: evaluator.perplexity(model))
+        extras = cached(sweep_dir, before_identity(p) | extras_identity(p),
+                        lambda: evaluator.extras(model, "before"), decode=dict)
         model = attach_adapter(p, model) if p.train.steps else model
     else:  # an init that moves the weights (LoftQ): evaluated as attached
         model = attach_adapter(p, model, weights)
-        before = evaluate(model, ids, tokenizer, p)
+        before, extras = evaluator.perplexity(model), evaluator.extras(model, "before")
     print(f"  perplexity before {before.perplexity:.3f}")
     if p.train.steps == 0:  # an evaluation-only cell (perplexity by data type): nothing is trained or saved
-        return metrics | base_metrics(p, report, before), losses | {"before": before.losses()}
-    trained, rows, stages = train_and_evaluate(p, model, tokenizer, report, blocks, ids, before, config.merge)
+        metrics |= base_metrics(p, report, before) | extras["metrics"] | {"eval_seconds": evaluator.seconds}
+        return metrics, losses | {"before": before.losses()}, merge_items(*items, extras["items"])
+    trained, rows, stages, stage_items = train_and_evaluate(p, model, tokenizer, report, blocks, before,
+                                                            config.merge, evaluator, extras)
     metrics |= trained | predicted_memory(p)
-    write_outputs(p, config, metrics, rows, p.adapter.report(model))
+    items = merge_items(*items, stage_items)
+    write_outputs(p, config, metrics, rows, p.adapter.report(model), items)
     if config.logger == "tensorboard":
         write_tensorboard(p.output_dir / "tensorboard", rows, metrics)
-    return metrics, losses | stages
+    return metrics, losses | stages, items
+
+
+def extras_identity(p: Plan, forgetting: bool = True) -> dict:
+    """What the shared task scores (and held-out loss) of a base depend on besides the base and its text."""
+    s = p.train
+    identity = {"kind": "extras", "tasks": list(s.tasks), "task_limit": s.task_limit, "num_fewshot": s.num_fewshot,
+                "task_datasets": dict(s.task_datasets), "task_batch_size": s.task_batch_size}
+    if forgetting and s.steps and s.forgetting_tokens:
+        identity["forgetting"] = [s.forgetting_tokens, forgetting_split(p), s.forgetting_path]
+    return identity
+
+
+def reference_extras(p: Plan, evaluator: Evaluator) -> dict:
+    """train.tasks scored on the full-precision model (stage full_precision)."""
+    from harness.models.sources import load_model
+
+    torch.manual_seed(p.train.seed)
+    model, _ = load_model(p.model)
+    return evaluator.extras(model.to(p.device), "full_precision", forgetting=False)
 
 
 def text_key(ids: torch.Tensor, context: int) -> str:

@@ -16,9 +16,10 @@ DESCRIBED = {"adapter.rank": "rank", "adapter.targets": "targets", "train.seed":
 
 
 def tidy(records: list[dict]) -> pd.DataFrame:
-    """One row per cell x metric: cell, status, error, the describing fields (model, quantizer, adapter, rank,
-    targets, seed, steps, lr), every overridden key as its own column, then metric and value. A cell without
-    metrics (skipped, failed) keeps one row with metric and value empty."""
+    """One row per cell x metric: cell, status, error, sweep (only in a `compare` folder: the sweep a cell came
+    from), the describing fields (model, quantizer, adapter, rank, targets, seed, steps, lr), every overridden
+    key as its own column, then metric and value. A cell without metrics (skipped, failed) keeps one row with
+    metric and value empty."""
     rows = []
     for record in records:
         swept = {}
@@ -30,12 +31,13 @@ def tidy(records: list[dict]) -> pd.DataFrame:
                 continue  # the launcher's settings, where it is written, or already a describing column
             swept[key] = value
         base = {"cell": record["config_hash"], "status": record["status"], "error": record.get("error", ""),
+                **({"sweep": record["sweep"]} if "sweep" in record else {}),  # `compare`: the cell's source
                 **record["cell"], **swept}
         metrics = record.get("metrics") or {}
         rows += [base | {"metric": k, "value": float(v)} for k, v in metrics.items()] or [
             base | {"metric": None, "value": float("nan")}]
     frame = pd.DataFrame(rows)
-    for column in frame.columns.difference(["cell", "status", "error", "metric", "value"]):
+    for column in frame.columns.difference(["cell", "status", "error", "sweep", "metric", "value"]):
         converted = pd.to_numeric(frame[column], errors="coerce")  # swept numbers arrive as override strings
         if converted.notna().sum() == frame[column].notna().sum():
             frame[column] = converted
@@ -67,6 +69,8 @@ def summary(frame: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame
     cells = cells[keys].reindex([c for c in order if c in cells.index] if order is not None else cells.index)
     wanted = ["perplexity_full_precision", "perplexity_before", "perplexity_after", "perplexity_merged",
               "trainable_params", "train_tokens_per_second"]
+    wanted += sorted(m for m in frame.metric.dropna().unique()  # train.tasks' accuracies, stage by stage
+                     if m.rpartition("/")[2] in ("acc_full_precision", "acc_before", "acc_after", "acc_merged"))
     values = frame[frame.metric.isin(wanted)].pivot_table(index="cell", columns="metric", values="value")
     if "trainable_params" in values.columns:  # a count: printed as an integer, not 3.277e+04
         values["trainable_params"] = values["trainable_params"].round().astype("Int64")

@@ -22,7 +22,8 @@ LOGGERS = ("none", "tensorboard")
 NOT_IDENTITY = ("hydra", "sweep", "logger", "output_dir", "paper")
 # train.* knobs added after sweeps were first recorded, left out of the hash at their default (which reproduces
 # what cells did before the knob existed), so a resumed sweep finds its finished cells
-AT_DEFAULT_LEFT_OUT = {"scheduler": "cosine"}
+AT_DEFAULT_LEFT_OUT = {"scheduler": "cosine", "forgetting_tokens": 2048, "forgetting_split": None,
+                      "forgetting_path": None, "num_fewshot": 0, "task_datasets": {}}
 
 
 @dataclass
@@ -97,7 +98,7 @@ def identity(node: DictConfig) -> dict:
         if key in train and train[key] == default:
             train.pop(key)
     if not train.get("tasks"):  # no tasks: their settings change nothing, and older cells keep their hashes
-        for key in ("tasks", "task_limit", "task_batch_size"):
+        for key in ("tasks", "task_limit", "task_batch_size", "num_fewshot", "task_datasets"):
             train.pop(key, None)
     for part in ("model", "data"):
         tree.get(part, {}).pop("cache_dir", None)  # where files are cached, not what they hold

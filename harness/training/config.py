@@ -40,11 +40,20 @@ class TrainSettings:
     # window of the perplexity evaluation; None: the smaller of 1024 and the model's maximum positions
     eval_context: int | None = None
     eval_split: str = "validation"
-    # lm-eval tasks (local or built, e.g. [austen_cloze]) scored after fine-tuning and after merging, as `eval`
-    # scores them: metrics <task>/<metric>_after and _merged (e.g. austen_cloze/acc_after)
+    # forgetting (PEFT's method comparison): the change of loss on held-out text the fine-tuning did not target,
+    # its first forgetting_tokens tokens (0: not measured); the text: forgetting_path (a plain-text file), else
+    # forgetting_split of the run's corpus (None: the split neither trained on nor evaluated, i.e. test)
+    forgetting_tokens: int = 2048
+    forgetting_split: str | None = None
+    forgetting_path: str | None = None
+    # lm-eval tasks (local, built, or lm-eval's registry, e.g. [austen_cloze] or [arc_easy]) scored before
+    # fine-tuning, after it and after merging, as `eval` scores them: metrics <task>/<metric>_before, _after and
+    # _merged (e.g. austen_cloze/acc_after), every item's result in items.json / the sweep record
     tasks: list[str] = field(default_factory=list)
     task_limit: int | None = None  # items per task (None: all)
     task_batch_size: int = 16  # packed rows per forward pass, as eval's task_batch_size
+    num_fewshot: int = 0  # examples before each task item, as eval's num_fewshot (0: zero-shot)
+    task_datasets: dict[str, str] = field(default_factory=dict)  # registry task -> local dataset copy, as eval's
     progress: bool = True  # a progress bar with loss, learning rate and tokens/s
 
     def __post_init__(self) -> None:
@@ -69,6 +78,20 @@ class TrainSettings:
             raise ValueError(f"train.eval_tokens={self.eval_tokens} must be >= 0 (0: the whole split)")
         if self.task_limit is not None and (not isinstance(self.task_limit, int) or self.task_limit < 1):
             raise ValueError(f"train.task_limit={self.task_limit!r} is not accepted; use a positive integer or null")
+        from harness.evaluation.config import check_task_fields
+
+        check_task_fields(self.num_fewshot, self.task_datasets, "train.")
+        if self.forgetting_tokens < 0:
+            raise ValueError(f"train.forgetting_tokens={self.forgetting_tokens} must be >= 0 (0: not measured)")
+        if self.forgetting_split is not None and self.forgetting_split not in ("validation", "test"):
+            raise ValueError(f"train.forgetting_split={self.forgetting_split!r} is not accepted; use validation or "
+                             "test (train is what the adapter learns from), or null for the one not evaluated")
+        if self.forgetting_path is not None:
+            from pathlib import Path
+
+            if not Path(self.forgetting_path).expanduser().is_file():
+                raise FileNotFoundError(f"train.forgetting_path={self.forgetting_path!r} is not a file; give a "
+                                        "plain-text file of held-out text, or null to use a split of the corpus")
         if self.eval_split not in SPLITS:
             raise ValueError(f"train.eval_split={self.eval_split!r} is not accepted; use validation, test or train")
 

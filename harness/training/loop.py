@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from harness.measure import memory_now
 from harness.training.config import TrainSettings, resolve_optimizer
 from harness.training.plan import Plan
 from quantizers.storage import tensor_bytes
@@ -55,7 +56,8 @@ def batches(blocks: torch.Tensor, batch_size: int, seed: int):
 
 
 def fine_tune(model, blocks: torch.Tensor, p: Plan, memory: dict | None = None) -> list[dict]:
-    """Train the adapter in place -> one row per optimizer step (step, loss, lr, tokens_per_second).
+    """Train the adapter in place -> one row per optimizer step (step, loss, lr, tokens_per_second, memory_bytes,
+    memory_reserved_bytes: memory_now() after the step, as PEFT's method comparison logs it).
     memory: if given, receives the bytes of the gradients and of the optimizer state (read once, at step 0)."""
     s = p.train
     params = [q for q in model.parameters() if q.requires_grad]
@@ -93,7 +95,9 @@ def fine_tune(model, blocks: torch.Tensor, p: Plan, memory: dict | None = None) 
         if p.device.type == "cuda":
             torch.cuda.synchronize(p.device)
         rate = s.tokens_per_step / (time.perf_counter() - start)
-        rows.append({"step": step, "loss": loss_sum, "lr": lr, "tokens_per_second": rate})
+        used, reserved = memory_now(p.device)
+        rows.append({"step": step, "loss": loss_sum, "lr": lr, "tokens_per_second": rate, "memory_bytes": used,
+                     "memory_reserved_bytes": reserved})
         if bar is not None:
             bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
             bar.update()

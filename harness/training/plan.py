@@ -32,6 +32,7 @@ class Plan:
     layer_kind: str  # harness | bnb4 | bnb8 | dense
     base: dict  # what the adapter's check_base returned
     output_dir: Path
+    tasks: Any = None  # train.tasks resolved (harness.evaluation.tasks.TaskSet), None without tasks
 
 
 def resolve_layer(module: str, qcfg, acfg: adapters.AdapterConfig) -> tuple[str, str]:
@@ -71,15 +72,16 @@ def plan(cfg: TrainConfig) -> Plan:
     base = acfg.check_base(None if qcfg.name == "none" else qcfg, kind)
     acfg.check_steps(settings.steps)
     check_calibration_split(qcfg, settings.eval_split, "train.eval_split")
-    if settings.tasks:  # an unknown task or a missing data file stops here, before the model is loaded
-        from harness.evaluation.tasks import task_files
+    tasks = None
+    if settings.tasks:  # an unknown task or a dataset that cannot be had stops here, before the model is loaded
+        from harness.evaluation.tasks import resolve_tasks
 
-        task_files(settings.tasks)
+        tasks = resolve_tasks(settings.tasks, settings.task_datasets, settings.num_fewshot, prefix="train.")
     check_context_length(settings.eval_context, model, field="train.eval_context")  # where known unloaded
     if model.source == "tiny" and settings.seq_len > model.max_positions:
         raise ValueError(f"train.seq_len={settings.seq_len} exceeds model.max_positions={model.max_positions}")
     out = cfg.output_dir or f"results/train/{model.name}/{quantizer_label(qcfg)}-{acfg.name}-r{acfg.rank}"
-    return Plan(model, data, qcfg, acfg, settings, device, dtype, module, kind, base, Path(out))
+    return Plan(model, data, qcfg, acfg, settings, device, dtype, module, kind, base, Path(out), tasks)
 
 
 def base_weights_for(model, p: Plan) -> dict[str, torch.Tensor] | None:

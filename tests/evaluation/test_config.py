@@ -20,7 +20,8 @@ def test_shipped_eval_and_paper_configs_compose_and_validate():
 
 
 @pytest.mark.parametrize("override,field", [("stride=4096", "stride"), ("module=gptq", "module"),
-                                            ("split=dev", "split")])
+                                            ("split=dev", "split"), ("num_fewshot=-1", "num_fewshot"),
+                                            ("+task_datasets.arc_easy=' '", "task_datasets.arc_easy")])
 def test_bad_eval_values_name_the_field(override, field):
     with pytest.raises(ValueError, match=f"eval.{field}="):
         OmegaConf.to_object(compose_eval([override]))

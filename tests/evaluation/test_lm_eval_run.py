@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from harness.evaluation.lm_eval_run import run_lm_eval_tasks
+from harness.evaluation.tasks import TaskSet
 from harness.models.quantize import quantize_model
 from quantizers.nf4 import NF4Config
 
@@ -49,14 +50,15 @@ def test_local_multiple_choice_task_matches_hand_computed_accuracy(tiny, tmp_pat
     ]
     task = write_task(tmp_path, "toy_mc", items, "output_type: multiple_choice\ndoc_to_text: \"{{question}}\"\n"
                       "doc_to_target: label\ndoc_to_choice: \"{{choices}}\"\nmetric_list:\n  - metric: acc\n")
-    results = run_lm_eval_tasks(model, tokenizer, ["toy_mc"], [task], max_length=64)
+    scores = run_lm_eval_tasks(model, tokenizer, TaskSet(["toy_mc"], [task]), max_length=64)
 
     # By hand: the choice with the highest summed log-likelihood after the question (lm-eval's `acc`)
-    correct = 0
+    right = []
     for item in items:
-        scores = [continuation_loglik(model, tokenizer, item["question"], c) for c in item["choices"]]
-        correct += int(max(range(len(scores)), key=scores.__getitem__) == item["label"])
-    assert results["toy_mc"]["acc"] == pytest.approx(correct / len(items))  # a ratio of counts: float equality
+        logliks = [continuation_loglik(model, tokenizer, item["question"], c) for c in item["choices"]]
+        right.append(float(max(range(len(logliks)), key=logliks.__getitem__) == item["label"]))
+    assert scores.metrics["toy_mc"]["acc"] == pytest.approx(sum(right) / len(items))  # a ratio of counts: equal
+    assert scores.items["toy_mc"]["doc_id"] == [0, 1, 2, 3] and scores.items["toy_mc"]["acc"] == right
 
 
 def test_local_loglikelihood_task_matches_hand_computed_perplexity(tiny, tmp_path):
@@ -65,9 +67,11 @@ def test_local_loglikelihood_task_matches_hand_computed_perplexity(tiny, tmp_pat
              {"prompt": "Northanger", "target": " Abbey"}]
     task = write_task(tmp_path, "toy_ll", items, "output_type: loglikelihood\ndoc_to_text: \"{{prompt}}\"\n"
                       "doc_to_target: \"{{target}}\"\nmetric_list:\n  - metric: perplexity\n")
-    results = run_lm_eval_tasks(model, tokenizer, ["toy_ll"], [task], max_length=64)
+    scores = run_lm_eval_tasks(model, tokenizer, TaskSet(["toy_ll"], [task]), max_length=64)
 
     # lm-eval's loglikelihood `perplexity` is exp(-mean over documents of the target's summed log-likelihood)
     lls = [continuation_loglik(model, tokenizer, item["prompt"], item["target"]) for item in items]
     # fp32 log-softmax summed over a few tokens on both sides: agreement to float rounding
-    assert results["toy_ll"]["perplexity"] == pytest.approx(math.exp(-sum(lls) / len(lls)), rel=1e-4)
+    assert scores.metrics["toy_ll"]["perplexity"] == pytest.approx(math.exp(-sum(lls) / len(lls)), rel=1e-4)
+    # per item, lm-eval logs each document's log-likelihood under `perplexity` (the aggregate exponentiates)
+    assert scores.items["toy_ll"]["perplexity"] == pytest.approx(lls, rel=1e-4)  # fp32 rounding, as above

@@ -23,7 +23,7 @@ def plotted(plotted, tmp_path):
 
 
 def test_report_links_existing_files_and_lists_the_failed_cell(plotted):
-    folder, _, _ = plotted
+    folder, result, _ = plotted
     (folder / "tables").mkdir(exist_ok=True)
     (folder / "tables" / "summary.md").write_text("# summary\n")  # comparisons.md deliberately absent
     text = write_report(folder).read_text()
@@ -31,8 +31,9 @@ def test_report_links_existing_files_and_lists_the_failed_cell(plotted):
     assert targets and all((folder / t).is_file() for t in targets), targets
     assert "tables/summary.md" in targets and "tables/comparisons.md" not in targets
     assert "python -m harness table" in text  # says how to get the missing table
-    for name in FIGURES.names():
-        assert f"figures/{name}.png" in targets
+    for name in FIGURES.names():  # every PNG drawn (pareto draws one per quality and cost)
+        pngs = [p.name for p in result.written[name] if p.suffix == ".png"]
+        assert pngs and all(f"figures/{png}" in targets for png in pngs)
     assert text.startswith("# Sweep ranks")
     assert "20 cells (19 ok, 1 failed)" in text
     assert "int4-lokr-4-0" in text and "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" in text
