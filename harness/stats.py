@@ -78,16 +78,23 @@ def paired_bootstrap_ppl_diff(nll_a, tok_a, nll_b, tok_b, resamples: int = 10_00
     segments = nll_a.shape[1]
     if segments < 2:
         return diff, None, None
+    low, high = percentile_interval(
+        lambda counts: (resampled_perplexity(nll_a, tok_a, counts)
+                        - resampled_perplexity(nll_b, tok_b, counts)).mean(axis=1),
+        segments, resamples, seed, confidence)
+    return diff, low, high
+
+
+def percentile_interval(statistic, units: int, resamples: int, seed: int, confidence: float) -> tuple[float, float]:
+    """The percentile bootstrap interval of statistic(counts) -> shape (resamples,) over `resamples` resamples
+    of `units` indices (segments, items), drawn in chunks so their counts stay within CHUNK_ELEMENTS."""
     rng = np.random.default_rng(seed)
-    chunk = max(1, CHUNK_ELEMENTS // segments)
-    diffs = []
-    for start in range(0, resamples, chunk):
-        counts = resample_counts(rng, segments, min(chunk, resamples - start))
-        diffs.append((resampled_perplexity(nll_a, tok_a, counts)
-                      - resampled_perplexity(nll_b, tok_b, counts)).mean(axis=1))
+    chunk = max(1, CHUNK_ELEMENTS // units)
+    values = [statistic(resample_counts(rng, units, min(chunk, resamples - start)))
+              for start in range(0, resamples, chunk)]
     tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(np.concatenate(diffs), [tail, 100 - tail])
-    return diff, float(low), float(high)
+    low, high = np.percentile(np.concatenate(values), [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def bootstrap_item_mean(a, b=None, resamples: int = 10_000, seed: int = 0,
@@ -110,12 +117,7 @@ def bootstrap_item_mean(a, b=None, resamples: int = 10_000, seed: int = 0,
     value = float(x.mean(axis=1).mean())
     if items < 2:
         return value, None, None
-    rng = np.random.default_rng(seed)
-    chunk = max(1, CHUNK_ELEMENTS // items)
-    means = []
-    for start in range(0, resamples, chunk):
-        counts = resample_counts(rng, items, min(chunk, resamples - start))
-        means.append((counts @ x.T / items).mean(axis=1))  # (resamples, seeds) -> mean over seeds
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(np.concatenate(means), [tail, 100 - tail])
-    return value, float(low), float(high)
+    # each resample's per-seed item means (resamples, seeds), then their mean over the seeds
+    low, high = percentile_interval(lambda counts: (counts @ x.T / items).mean(axis=1), items, resamples, seed,
+                                    confidence)
+    return value, low, high
