@@ -128,6 +128,50 @@ def resolve_targets(targets: list[str]) -> str | list[str]:
     return targets
 
 
+# the module classes the adapters wrap (PEFT's LoRA family dispatches on these; transformers' Conv1D is GPT-2's)
+WRAPPABLE = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D")
+
+
+class TargetError(ValueError):
+    """adapter.targets names modules the model has not got (or cannot be wrapped); the message lists what it has."""
+
+
+def check_targets(cfg: AdapterConfig, modules: dict[str, str], model_name: str) -> None:
+    """Raise TargetError unless every entry of cfg.targets matches a module an adapter can wrap, as PEFT will
+    match it (a name equal to the module's full name or to its last dotted parts; the groups as resolve_targets
+    makes them). modules: {full name: class name}, e.g. from the model's meta-device skeleton."""
+    linear = [n for n, kind in modules.items() if kind in ("Linear", "Conv1D")]
+    names = ", ".join(dict.fromkeys(n.rsplit(".", 1)[-1] for n in linear))
+    accepted = (f"accepted: the linear modules of {model_name!r}: {names}; or the groups [{ATTENTION}], "
+                f"[{ALL_LINEAR}]")
+    shown = "[" + ", ".join(cfg.targets) + "]"
+    target = resolve_targets(cfg.targets)
+    if target == ALL_LINEAR:
+        if not linear:
+            raise TargetError(f"adapter.targets={shown}: model {model_name!r} has no linear layers")
+        return
+    if isinstance(target, str):  # the attention group: a regex over full names
+        import re
+
+        if not any(re.fullmatch(target, n) for n in linear):
+            raise TargetError(f"adapter.targets={shown}: no linear module of {model_name!r} sits in an attention "
+                              f"block (none has attn or attention in its name); {accepted}")
+        return
+    missing, unwrappable = [], []
+    for t in target:
+        found = [n for n in modules if n == t or n.endswith("." + t)]
+        if not found:
+            missing.append(t)
+        elif not any(modules[n] in WRAPPABLE for n in found):
+            unwrappable.append(f"{t} is a {modules[found[0]]}")
+    if missing:
+        raise TargetError(f"adapter.targets={shown}: {', '.join(missing)} "
+                          f"{'matches' if len(missing) == 1 else 'match'} no module of {model_name!r}; {accepted}")
+    if unwrappable:
+        raise TargetError(f"adapter.targets={shown}: {'; '.join(unwrappable)}, not a layer an adapter can wrap "
+                          f"(a linear, embedding or convolution layer); {accepted}")
+
+
 def attach(model: nn.Module, cfg: AdapterConfig, total_steps: int = 1000, base: dict | None = None,
            base_weights: dict[str, torch.Tensor] | None = None):
     """Wrap `model` (already quantized) with the adapter -> a PeftModel whose only trainable parameters are
@@ -141,7 +185,16 @@ def attach(model: nn.Module, cfg: AdapterConfig, total_steps: int = 1000, base: 
         # PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias while wrapping: a warning
         # about PEFT's code, printed on every attach, that no setting of ours can avoid
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        peft_model = get_peft_model(model, cfg.peft_config(model, total_steps, base or {}))
+        try:
+            peft_model = get_peft_model(model, cfg.peft_config(model, total_steps, base or {}))
+        except ValueError as err:  # PEFT's target matching (NoMatchingPeftModuleError, an unsupported module type)
+            if "target" not in str(err).lower():
+                raise
+            modules = {n: "Linear" if isinstance(m, nn.Linear) else type(m).__name__  # bnb's and ours are Linears
+                       for n, m in model.named_modules() if n}
+            check_targets(cfg, modules, getattr(model.config, "name_or_path", "") or type(model).__name__)
+            raise TargetError(f"adapter.targets=[{', '.join(cfg.targets)}]: PEFT refused them "
+                              f"({' '.join(str(err).split())})") from err
     cfg.after_attach(peft_model, base_weights)
     return peft_model
 

@@ -29,7 +29,8 @@ def main() -> None:
 
         close = difflib.get_close_matches(command, list(COMMANDS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        sys.exit(f"unknown command {command!r}.{hint} Commands: {', '.join(COMMANDS)}")
+        print(f"error: unknown command {command!r}.{hint} Commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)  # a user error, as every command's
     importlib.import_module(COMMANDS[command]).main()
 
 

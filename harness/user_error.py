@@ -14,7 +14,7 @@ import functools
 import re
 import sys
 
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 
 class UserError(Exception):
@@ -37,6 +37,8 @@ def message(exc: BaseException) -> str:
     cause = exc.__cause__
     schema = getattr(cause, "object_type", None)
     key = getattr(cause, "key", None)
+    if isinstance(cause, ValidationError) and dataclasses.is_dataclass(schema) and key is not None:
+        return wrong_type(cause, schema, str(key))
     if "Could not override" in text and dataclasses.is_dataclass(schema) and key is not None:
         fields = [f.name for f in dataclasses.fields(schema)]  # a misspelt key: what the schema has
         close = difflib.get_close_matches(str(key), fields, n=1)
@@ -46,6 +48,33 @@ def message(exc: BaseException) -> str:
     if cause is not None and isinstance(cause, OmegaConfBaseException):
         text += ": " + str(cause).split("\n")[0]
     return " ".join(text.split())
+
+
+def wrong_type(error: ValidationError, schema: type, key: str) -> str:
+    """`train.lr=abc: Value 'abc' of type 'str' could not be converted to Float; train.lr takes a float (default
+    0.0002)`: an override OmegaConf could not convert to its schema field's type, said as the field, the value, why
+    and what the field takes."""
+    full = getattr(error, "full_key", None) or key
+    field = next((f for f in dataclasses.fields(schema) if f.name == key), None)
+    reason = " ".join(str(getattr(error, "msg", error)).split("\n")[0].split()).rstrip(".")
+    text = f"{full}={getattr(error, 'value', '?')}: {reason}"
+    if field is None:
+        return text
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    default = field.default if field.default is not dataclasses.MISSING else (
+        field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
+    return text + f"; {full} takes {_a(kind)}" + (f" (default {default})" if default is not None else "")
+
+
+def _a(kind: str) -> str:
+    if kind.endswith(" | None"):  # an optional field: null (None) leaves the choice to the run
+        return _a(kind.removesuffix(" | None")) + " or null"
+    if kind.startswith("list"):
+        return "a list, e.g. [a, b]"
+    if kind.startswith("dict"):
+        return "a mapping, e.g. {a: 1}"
+    return {"float": "a float", "int": "an integer", "bool": "a boolean (true or false)", "str": "a string"}.get(
+        kind, f"a value of type {kind}")
 
 
 @contextlib.contextmanager

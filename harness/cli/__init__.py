@@ -3,6 +3,7 @@ share is here: the Hydra set-up every Hydra command uses, and the sweep-folder a
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from harness.registry import ADAPTERS, QUANTIZERS
 from harness.sensitivity.config import SensitivityConfig
 from harness.sweep.config import SweepConfig
 from harness.training.config import TrainConfig
-from harness.user_error import UserError, exits_on_user_error
+from harness.user_error import UserError, exits_on_user_error, validating
 from harness.weight_errors.config import ErrorsConfig
 
 _registered = False
@@ -50,10 +51,31 @@ def hydra_command(config_name: str):
     register_configs()
 
     def wrap(main):
-        return hydra.main(config_path=str(EXPERIMENTS_DIR), config_name=config_name,
-                          version_base=None)(exits_on_user_error(main))
+        hydra_main = hydra.main(config_path=str(EXPERIMENTS_DIR), config_name=config_name,
+                                version_base=None)(exits_on_user_error(main))
+
+        @functools.wraps(main)
+        def command(*args, **kwargs):
+            if not args and not kwargs:  # run as the command (not handed a config): the command line first
+                exits_on_user_error(check_command_line)(config_name, sys.argv[1:])
+            return hydra_main(*args, **kwargs)
+
+        return command
 
     return wrap
+
+
+def check_command_line(config_name: str, overrides: list[str]) -> None:
+    """Compose the command's config with the command line's overrides once before Hydra does: a value of the
+    wrong type (train.lr=abc), an unknown key or option is a UserError naming it, where Hydra's own run would
+    print its multi-line error and exit 1. Hydra's flags (--multirun, --cfg, --help, ...) are Hydra's to handle;
+    a multirun's cells are checked by the sweep's plan (harness.sweep.plan)."""
+    if any(arg.startswith("-") for arg in overrides):
+        return
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(EXPERIMENTS_DIR), version_base=None), validating():
+        compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
 
 
 def sweep_dir_argument(command: str) -> Path:

@@ -12,8 +12,9 @@ from harness.user_error import validating
 
 @hydra_command("memory")
 def main(cfg: DictConfig) -> None:
-    from harness.memory.report import memory_config, report
+    from harness.memory.report import check, memory_config, report
 
     with validating():
         config = memory_config(cfg)
+        check(config)
     report(config)

@@ -15,7 +15,10 @@ def main(cfg: DictConfig) -> None:
     from harness.training.plan import plan
     from harness.training.run import run
 
+    from harness.data.corpus import check_corpus
+
     with validating():
         config = train_config(cfg)
-        plan(config)  # everything checked from the configs alone, before any weight is loaded
+        p = plan(config)  # everything checked from the configs alone, before any weight is loaded
+        check_corpus(p.data, p.train.seq_len if p.train.steps else None)  # and the text, before the model
     run(config)

@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.config import default_cache_dir, validated
 from harness.registry import CORPORA, RegistryError
+from harness.user_error import UserError
 
 FILE_CORPORA = ("text_file", "jsonl")  # the corpora that read data.path
 
@@ -28,8 +29,9 @@ HELDOUT_FRACTION = 0.1  # of the units, for validation and again for test
 SPLITS = ("train", "validation", "test")
 
 
-class CorpusError(ValueError):
-    """A corpus that is missing, empty, unreadable or cannot be fetched; the message says how to get it."""
+class CorpusError(UserError, ValueError):
+    """A corpus that is missing, empty, too short, unreadable or cannot be fetched: always about what the user gave
+    or has, so a command prints it as one line (a UserError) wherever it is found; the message says how to fix it."""
 
 
 @dataclass
@@ -90,6 +92,26 @@ class Corpus:
 def load_corpus(cfg: DataConfig | None = None) -> Corpus:
     cfg = cfg or DataConfig()
     return CORPORA.get(cfg.name)(cfg)
+
+
+def check_corpus(cfg: DataConfig, seq_len: int | None = None, field: str = "train.seq_len") -> Corpus:
+    """Load the corpus (text only, no model) and refuse, naming its size and the size needed, one with an empty
+    split or, given seq_len, a training split too short for one block of seq_len tokens. A token spans at least
+    one byte of UTF-8 (byte-level BPE, SentencePiece's byte fallback), so fewer bytes than seq_len can never make
+    a block; the exact token count is checked again once the tokenizer is loaded (harness.data.tokens.pack_split)."""
+    corpus = load_corpus(cfg)
+    where = f"corpus {cfg.name!r}" + (f" (data.path={cfg.path!r})" if cfg.path else "")
+    sizes = {split: len(getattr(corpus, split).encode()) for split in SPLITS}
+    empty = [split for split, size in sizes.items() if not getattr(corpus, split).strip()]
+    if empty:
+        raise CorpusError(f"{where}: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty "
+                          f"(splits: {', '.join(f'{s} {n:,} bytes' for s, n in sizes.items())}); give more text, "
+                          "at least 3 paragraphs or lines, or another corpus")
+    if seq_len is not None and sizes["train"] < seq_len:
+        raise CorpusError(f"{where}: the train split is {sizes['train']:,} byte{'s' * (sizes['train'] != 1)}, so fewer "
+                          f"than the {seq_len:,} tokens "
+                          f"of one training block ({field}={seq_len}); lower {field} or give more text")
+    return corpus
 
 
 def data_config(node: Any) -> DataConfig:

@@ -57,7 +57,8 @@ def _text_file(cfg: DataConfig) -> Corpus:
         units = [line for line in text.splitlines() if line.strip()]
     if len(units) < 3:
         raise CorpusError(
-            f"data.path={cfg.path!r} has {len(units)} lines; three splits need at least 3 paragraphs or lines"
+            f"data.path={cfg.path!r} has {len(units)} non-empty line{'s' if len(units) != 1 else ''} and no blank-line "
+            "paragraphs; three splits (train, validation, test) need at least 3 paragraphs or lines: give more text"
         )
     return Corpus("text_file", *split_units(units, cfg.seed))
 

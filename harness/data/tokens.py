@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from harness.data.corpus import SPLITS, DataConfig, load_corpus
+from harness.data.corpus import SPLITS, Corpus, CorpusError, DataConfig, load_corpus
 
 _PARAGRAPH_BREAK = re.compile(r"(?<!\n)(?=\n\n)")
 
@@ -55,6 +55,16 @@ def pack(ids: torch.Tensor, block_size: int) -> torch.Tensor:
             f"{ids.numel()} tokens make no block of block_size={block_size}; use a smaller data.block_size or more text"
         )
     return ids[: n_blocks * block_size].view(n_blocks, block_size)
+
+
+def pack_split(corpus: Corpus, split: str, tokenizer: Any, block_size: int, field: str) -> torch.Tensor:
+    """One split of a loaded corpus, tokenised and packed into blocks of `block_size` tokens; too short for one
+    block, a CorpusError naming the split's length in tokens and `field`, the knob that asked for the length."""
+    ids = tokenize(getattr(corpus, split), tokenizer)
+    if ids.numel() < block_size:
+        raise CorpusError(f"corpus {corpus.name!r}: the {split} split is {ids.numel():,} tokens, fewer than one "
+                          f"block of {field}={block_size}; lower {field} to at most {ids.numel():,} or give more text")
+    return pack(ids, block_size)
 
 
 def token_blocks(cfg: DataConfig, tokenizer: Any, split: str = "train") -> torch.Tensor:

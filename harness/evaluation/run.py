@@ -138,14 +138,16 @@ def increase_rows(frame: pd.DataFrame) -> pd.DataFrame:
 def check(cfg: DictConfig) -> None:
     """Validate the whole eval config (model, data, every quantizer) before anything is loaded or evaluated."""
     from harness.config import validated
-    from harness.data.corpus import data_config
+    from harness.data.corpus import check_corpus, data_config
     from harness.evaluation.config import EvalConfig
+    from harness.models.skeleton import check_available
     from harness.models.sources import check_context_length, model_config
 
     with validating():
         validated(EvalConfig, cfg)
+        check_available(model_config(cfg.model))  # cached or reachable; a local config readable
         check_context_length(cfg.context_length, model_config(cfg.model))  # where the limit is known unloaded
-        data_config(cfg.data)
+        check_corpus(data_config(cfg.data))  # the text loads and splits, before any model
         resolved_tasks(cfg)
     from harness.data.calibration import check_calibration_split
 

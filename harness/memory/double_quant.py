@@ -101,8 +101,9 @@ def table_config(node) -> DoubleQuantTable:
 
 def layer_shapes(model_cfg) -> tuple[list[tuple[int, ...]], int]:
     """(shapes of the layers quantize_model quantizes, the model's total parameter count), on the meta device."""
-    from harness.memory.predictor import meta_model, parameter_counts
+    from harness.memory.predictor import parameter_counts
     from harness.models.quantize import target_layers
+    from harness.models.skeleton import meta_model
 
     model = meta_model(model_cfg)
     shapes = [tuple(model.get_submodule(n).weight.shape) for n in target_layers(model)]

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.models.skeleton import meta_model
+
 # the parts measured from tensors (a train run's memory_<part>_bytes) and predicted alike
 TENSOR_PARTS = ("quantized_weights", "other_weights", "adapter_weights", "gradients", "optimizer")
 PARTS = (*TENSOR_PARTS, "activations")
@@ -45,21 +47,6 @@ class Scenario:
     weight_bytes: int = 2  # frozen, unquantized weights (bf16 = 2)
     precision: str = "mixed"  # mixed: trainable weights 2 B + fp32 master in the optimizer; fp32: 4 B, no master
     optimizer: str = "adamw"
-
-
-def meta_model(model_cfg, dtype: torch.dtype = torch.bfloat16, vocab_size: int | None = None) -> nn.Module:
-    """The model of `model_cfg` on the meta device (shapes only, no memory); vocab_size resizes the vocabulary
-    (tokens added for fine-tuning)."""
-    from transformers import AutoModelForCausalLM
-
-    from harness.models.sources import hf_config
-
-    config = hf_config(model_cfg)
-    if vocab_size:
-        config.vocab_size = vocab_size
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model
 
 
 def attach_meta(model: nn.Module, adapter, total_steps: int = 1000, group_size: int | None = None):

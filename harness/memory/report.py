@@ -65,6 +65,22 @@ def scenarios(cfg: MemoryConfig, quantizer, adapter, optimizer: str) -> list[Sce
     return [*rows, Scenario(f"{quantizer_label(quantizer)} base + {adapter.name}", quantizer, adapter, **common)]
 
 
+def check(cfg: MemoryConfig) -> None:
+    """The model, quantizer and adapter validated, and the adapter's targets found in the model's skeleton."""
+    from adapters.base import check_targets
+    from harness.config import adapter_config, quantizer_config
+    from harness.models.skeleton import check_available, module_kinds
+    from harness.models.sources import model_config
+
+    model = model_config(cfg.model)
+    quantizer_config(cfg.quantizer)
+    adapter = adapter_config(cfg.adapter)
+    if not model.architecture:  # the meta device needs the config: from the YAML, else the cache or the hub
+        check_available(model)
+    if cfg.double_quant_table is None:  # that table sizes the quantized weights alone: no adapter in it
+        check_targets(adapter, module_kinds(model), model.name)
+
+
 def report(cfg: MemoryConfig):
     """Predict every scenario; write memory.csv (tidy) and memory.md; return the wide table (GB). With
     double_quant_table set: harness.memory.double_quant's table instead."""

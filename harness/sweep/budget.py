@@ -15,7 +15,8 @@ def trainable_count(config: SweepConfig, adapter) -> int:
     """Trainable parameters of `adapter` (a validated AdapterConfig) on the model, counted on the meta device.
     QA-LoRA is sized by the quantizer's group size (its A sees the group-pooled input)."""
     from harness.config import quantizer_config
-    from harness.memory.predictor import attach_meta, meta_model, parameter_counts
+    from harness.memory.predictor import attach_meta, parameter_counts
+    from harness.models.skeleton import meta_model
     from harness.models.sources import model_config
 
     model = meta_model(model_config(config.model))

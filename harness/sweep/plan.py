@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from harness.config import EXPERIMENTS_DIR
 from harness.user_error import UserError, message, validating
@@ -56,6 +56,7 @@ def plan_sweep(overrides: list[str], config_name: str = "sweep") -> SweepPlan:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from adapters.base import IncompatibleError
+    from harness.data.corpus import check_corpus, data_config
     from harness.sweep.config import cell_hash, sweep_config
     from harness.training.plan import plan
 
@@ -96,19 +97,8 @@ def plan_sweep(overrides: list[str], config_name: str = "sweep") -> SweepPlan:
                     raise
                 cell.status, cell.reason = "skipped", message(err.__cause__)
             result.cells.append(cell)
-            corpora.add(OmegaConf.to_yaml(node.data))
-    for text in corpora:
-        check_corpus(OmegaConf.create(text))
+            corpora.add((OmegaConf.to_yaml(node.data), config.train.seq_len if config.train.steps else None))
+    for text, seq_len in corpora:  # once per corpus (and block length), not per cell
+        with validating():
+            check_corpus(data_config(OmegaConf.create(text)), seq_len)
     return result
-
-
-def check_corpus(node: DictConfig) -> None:
-    """The corpus loads and none of its splits is empty (cheap: text only, no model)."""
-    from harness.data.corpus import SPLITS, data_config, load_corpus
-
-    with validating("data"):
-        corpus = load_corpus(data_config(node))
-    for split in SPLITS:
-        if not getattr(corpus, split).strip():
-            raise UserError(f"data: the {split} split of corpus {corpus.name!r} is empty; give a file with enough "
-                            "text for three splits (data.path), or another corpus")

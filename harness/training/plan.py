@@ -71,6 +71,11 @@ def plan(cfg: TrainConfig) -> Plan:
     module, kind = resolve_layer(cfg.module, qcfg, acfg)
     base = acfg.check_base(None if qcfg.name == "none" else qcfg, kind)
     acfg.check_steps(settings.steps)
+    from harness.models.skeleton import check_available, module_kinds
+
+    check_available(model)  # a local folder with a readable config, a hub id cached or reachable
+    if settings.steps:  # targets no module of the model: said now, from its skeleton, not by PEFT after loading
+        adapters.check_targets(acfg, module_kinds(model), model.name)
     check_calibration_split(qcfg, settings.eval_split, "train.eval_split")
     tasks = None
     if settings.tasks:  # an unknown task or a dataset that cannot be had stops here, before the model is loaded
@@ -126,8 +131,13 @@ def attach_adapter(p: Plan, model, weights=None):
     if p.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # the frozen embedding would otherwise cut the graph
+    from harness.user_error import UserError
+
     torch.manual_seed(p.train.seed)  # the adapter's initial weights depend on the seed only
-    return adapters.attach(model, p.adapter, total_steps=p.train.steps, base=p.base, base_weights=weights)
+    try:
+        return adapters.attach(model, p.adapter, total_steps=p.train.steps, base=p.base, base_weights=weights)
+    except adapters.TargetError as err:  # what the skeleton could not foresee (a hub model offline): one line
+        raise UserError(str(err)) from err
 
 
 def build_model(p: Plan):
@@ -153,10 +163,10 @@ def eval_context(model, p: Plan) -> int:
 def data_for(p: Plan, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """(train blocks (n, seq_len), evaluation ids (n_tokens,))."""
     from harness.data.corpus import load_corpus
-    from harness.data.tokens import pack, tokenize
+    from harness.data.tokens import pack_split, tokenize
 
     corpus = load_corpus(p.data)
-    blocks = pack(tokenize(corpus.train, tokenizer), p.train.seq_len)
+    blocks = pack_split(corpus, "train", tokenizer, p.train.seq_len, "train.seq_len")
     ids = tokenize(getattr(corpus, p.train.eval_split), tokenizer)
     if p.train.eval_tokens:
         ids = ids[: p.train.eval_tokens]

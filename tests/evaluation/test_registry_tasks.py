@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import numpy as np
 import pytest
 
+from harness import hub
 from harness.evaluation import lm_eval_registry
 from harness.evaluation.lm_eval_run import run_lm_eval_tasks, simple_evaluate_local
 from harness.evaluation.tasks import resolve_tasks
@@ -169,13 +170,13 @@ def test_hub_probe_tells_a_server_that_answers_from_none(monkeypatch):
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    assert lm_eval_registry.offline_reason() is None
+    assert hub.offline_reason() is None
     server.shutdown()
     server.server_close()
-    lm_eval_registry.answers.cache_clear()  # the answer is kept per process; the port is closed now
-    assert lm_eval_registry.offline_reason() == f"{endpoint} does not answer within 3 s"
+    hub.answers.cache_clear()  # the answer is kept per process; the port is closed now
+    assert hub.offline_reason() == f"{endpoint} does not answer within 3 s"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert lm_eval_registry.offline_reason() == "HF_HUB_OFFLINE is set"
+    assert hub.offline_reason() == "HF_HUB_OFFLINE is set"
 
 
 def test_unknown_names_get_the_closest_match_across_local_and_registry_tasks():

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from harness.config import adapter_config, quantizer_config
-from harness.memory.predictor import PARTS, Scenario, activation_bytes, meta_model, predict
+from harness.memory.predictor import PARTS, Scenario, activation_bytes, predict
+from harness.models.skeleton import meta_model
 from harness.models.sources import model_config
 
 TINY = {"name": "tiny-llama", "source": "tiny", "arch": "llama"}
