@@ -12,9 +12,12 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from harness.cli import hydra_command
-from harness.weight_errors.run import run
+from harness.user_error import validating
+from harness.weight_errors.run import errors_config, run
 
 
 @hydra_command("errors")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    with validating():
+        config = errors_config(cfg)  # every field and quantizer checked before any tensor is drawn
+    run(config)

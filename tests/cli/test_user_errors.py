@@ -133,3 +133,9 @@ def test_memory_checks_adapter_targets_on_the_meta_skeleton(tmp_path):
     assert "query_key_value matches no module of 'llama-2-7b'" in line and "gate_proj" in line
     ok = harness_here("memory", "model=llama-2-7b", "adapter.targets=[q_proj,gate_proj]", f"output_dir={tmp_path}")
     assert ok.returncode == 0, ok.stderr  # names it has pass, the model never loaded (7B, on the meta device)
+
+
+def test_errors_validates_its_config_before_drawing_any_tensor(tmp_path):
+    line = one_line_error(harness_here("errors", "sources=[nope]", f"output_dir={tmp_path}"))
+    assert "errors.sources has unknown ['nope']; accepted sources: ['normal'" in line
+    assert not any(tmp_path.iterdir())  # nothing written
