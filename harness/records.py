@@ -1,6 +1,8 @@
 """What makes a result self-describing: the resolved config, the code's git commit, package versions, the device.
 
-Every command writes this beside its tables as `run.json`, so a table found later says how it was made.
+Every command writes this beside its tables as `run.json`, so a table found later says how it was made. Sweep
+records (below) are written atomically and read back through read_records, which names a damaged one and leaves
+it out.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -113,6 +116,89 @@ def write_record(path: Path | str, record: dict) -> Path:
     return write_atomic(path, json.dumps(record, indent=2, default=str, allow_nan=True) + "\n")
 
 
+RECORD_SCHEMA = 1  # the shape of a cell record; a record without the key predates it and has this shape
+REQUIRED = {"config_hash": str, "status": str, "cell": dict, "metrics": dict}  # what every reader indexes
+_SAID: set = set()  # what say_once has printed in this process
+
+
+def read_json(path: Path | str) -> tuple[object, str | None]:
+    """(the file's JSON value, None), or (None, why it cannot be read: empty file, not UTF-8, not JSON (...)).
+    A missing file raises FileNotFoundError, as open() does."""
+    data = Path(path).read_bytes()
+    if not data.strip():
+        return None, "empty file"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON ({exc.msg}: line {exc.lineno} column {exc.colno})"
+
+
+def read_record(path: Path | str) -> tuple[dict | None, str | None]:
+    """A cell record (cells/<hash>/record.json) -> (record, None), or (None, why it is damaged): unreadable
+    JSON, another schema version, a field every reader needs missing or of the wrong type, or the hash of
+    another cell than its folder's (a record found there would be taken for that cell's)."""
+    path = Path(path)
+    record, reason = read_json(path)
+    if reason is not None:
+        return None, reason
+    if not isinstance(record, dict):
+        return None, f"a JSON {json_kind(record)}, not an object"
+    schema = record.get("schema", RECORD_SCHEMA)
+    if schema != RECORD_SCHEMA:
+        return None, f"schema {schema!r}, this harness reads {RECORD_SCHEMA}"
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        return None, f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+    for key, kind in REQUIRED.items():
+        if not isinstance(record[key], kind):
+            wanted = "a string" if kind is str else "an object"
+            return None, f"{key} is a JSON {json_kind(record[key])}, not {wanted}"
+    if record["config_hash"] != path.parent.name:
+        return None, f"config_hash {record['config_hash']} does not match its folder {path.parent.name}"
+    return record, None
+
+
+def json_kind(value) -> str:
+    """What JSON calls the type of a parsed value (for messages)."""
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return kinds.get(type(value), "null")
+
+
+def say_once(path: Path | str, line: str) -> None:
+    """Print `line` about the file `path` on stderr, once per process while the file stays as it is: the
+    commands read a sweep's records several times (collect, tables, report), and a damaged file is news once."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+        version = (stat.st_ino, stat.st_mtime_ns)
+    except FileNotFoundError:
+        version = None
+    key = (str(path.resolve()), version, line)
+    if key not in _SAID:
+        _SAID.add(key)
+        print(line, file=sys.stderr, flush=True)
+
+
+def damaged_record(path: Path | str, reason: str) -> None:
+    path = Path(path)
+    say_once(path, f"cells/{path.parent.name}/{path.name} is damaged ({reason}); the cell counts as not run")
+
+
 def read_records(sweep_dir: Path | str) -> list[dict]:
-    """Every cell record of a sweep folder (cells/<hash>/record.json), in hash order."""
-    return [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob("cells/*/record.json"))]
+    """Every readable cell record of a sweep folder (cells/<hash>/record.json), in hash order. A damaged record
+    counts as absent (its cell as not run) and is named once on stderr; the others make the table."""
+    records = []
+    for path in sorted(Path(sweep_dir).glob("cells/*/record.json")):
+        try:
+            record, reason = read_record(path)
+        except FileNotFoundError:  # removed since the listing (an earlier `compare` folder being rewritten)
+            continue
+        if reason is not None:
+            damaged_record(path, reason)
+        else:
+            records.append(record)
+    return records

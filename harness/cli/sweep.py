@@ -1,7 +1,8 @@
 """`python -m harness sweep +grid=<name> [overrides]`: fine-tune every cell of a grid through Hydra's multirun.
 
 The whole grid is composed and validated first (harness.sweep.plan); then Hydra runs the cells with the
-configured launcher (harness.sweep.cell, one job per cell); then every record is collected into
+configured launcher (harness.sweep.cell, one job per cell), leaving to another sweep on the same output_dir the cells
+it is running (harness.sweep.claims) and waiting for them; then every record is collected into
 results.parquet/.csv (harness.sweep.collect) and the tables, figures and report.md are written (harness.report).
 Exit status: 0 when no cell failed, 1 when some did (their records say why), 2 on a user error before any work.
 """
@@ -14,7 +15,7 @@ from omegaconf import DictConfig
 
 from harness.cli import hydra_command
 from harness.report.markdown import write_everything
-from harness.sweep import cell
+from harness.sweep import cell, claims
 from harness.sweep.collect import finish
 from harness.sweep.plan import plan_sweep
 from harness.user_error import exits_on_user_error
@@ -35,6 +36,7 @@ def main() -> None:
           flush=True)
     sys.argv = [sys.argv[0], "--multirun", *overrides]  # Hydra's multirun runs the cells
     run_job()
+    claims.wait_for_others(plan.output_dir, [c.hash for c in plan.cells])  # a second sweep's share of the cells
     complete = finish(plan)
     reported = write_everything(plan.output_dir) if plan.report else True
     if not complete or not reported:

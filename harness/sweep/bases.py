@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import copy
 import gc
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from harness.evaluation.perplexity import PerplexityResult
-from harness.records import config_hash, write_record
+from harness.records import config_hash, json_kind, read_json, say_once, write_record
 from harness.training.plan import Plan, build_base, evaluate
 
 CACHE_FORMAT = 2  # 2: whole evaluations with their segment losses (1 held the perplexity alone)
@@ -72,7 +71,8 @@ def reference_perplexity(p: Plan, ids: torch.Tensor):
 def cached(sweep_dir: Path, key_fields: dict, compute, decode=None):
     """compute() (a PerplexityResult, or any JSON value with decode=dict) once per key for the whole sweep folder:
     <sweep>/bases/<hash>.json, under a file lock, so processes racing for the same evaluation compute it once (the
-    others wait, then read it)."""
+    others wait, then read it). A file that cannot be read is named once and computed again; the kernel releases
+    the lock of a killed process, so a lock file left behind never blocks."""
     decode = decode or (lambda value: PerplexityResult(**value))
     import fcntl
 
@@ -82,7 +82,25 @@ def cached(sweep_dir: Path, key_fields: dict, compute, decode=None):
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
-            return decode(json.loads(path.read_text())["value"])
+            value, reason = read_cached(path, decode)
+            if reason is None:
+                return value
+            say_once(path, f"bases/{path.name} is damaged ({reason}); computed again")
         value = compute()
         write_record(path, {"key": key_fields, "value": value.as_dict() if hasattr(value, "as_dict") else value})
         return value
+
+
+def read_cached(path: Path, decode) -> tuple[object, str | None]:
+    """(the decoded value of a bases/<hash>.json, None), or (None, why it cannot be read)."""
+    stored, reason = read_json(path)
+    if reason is not None:
+        return None, reason
+    if not isinstance(stored, dict):
+        return None, f"a JSON {json_kind(stored)}, not an object"
+    if "value" not in stored:
+        return None, "missing field value"
+    try:
+        return decode(stored["value"]), None
+    except (TypeError, ValueError) as exc:  # fields missing or not of the evaluation's kind
+        return None, f"value not an evaluation ({type(exc).__name__}: {exc})"

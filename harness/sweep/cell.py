@@ -3,7 +3,9 @@
 A cell lives in <sweep dir>/cells/<hash>/, the hash taken over its resolved config (every field that changes the
 result; not the output folder, the progress bar or the sweep's own knobs), so two cells never share a folder and
 the same cell run again finds its folder. The cell's record.json is written last and atomically: a record that
-exists is complete, and a cell killed in flight (even by SIGKILL) has none and simply runs again.
+exists is complete, and a cell killed in flight (even by SIGKILL) has none and simply runs again. A record that
+cannot be read (truncated by hand, copied badly, another schema) is named and counts as none. While a process runs
+a cell it holds the cell's claim (harness.sweep.claims), so a second sweep on the same folder takes other cells.
 
 Work shared between cells (base evaluations, the quantized base) lives in harness.sweep.bases.
 """
@@ -11,7 +13,6 @@ Work shared between cells (base evaluations, the quantized base) lives in harnes
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import traceback
 from pathlib import Path
@@ -21,7 +22,8 @@ from omegaconf import DictConfig
 
 from adapters.base import IncompatibleError
 from harness.evaluation.perplexity import SEGMENT_TOKENS
-from harness.records import run_metadata, write_record
+from harness.records import RECORD_SCHEMA, damaged_record, read_record, run_metadata, write_record
+from harness.sweep import claims
 from harness.sweep.bases import (
     before_identity,
     cached,
@@ -39,18 +41,44 @@ from harness.user_error import message
 
 
 def run_cell(node: DictConfig, overrides: list[str] | None = None) -> dict:
-    """Run (or find already done) the cell `node` describes -> its record."""
-    started = time.perf_counter()
+    """Run (or find already done, or left to the process that runs it) the cell `node` describes -> its record;
+    for a cell another live process has claimed, {"status": "claimed", "owner": its claim} (nothing written)."""
     config = sweep_config(node)
     key = cell_hash(node)
     cell_dir = Path(config.output_dir) / "cells" / key
-    path = cell_dir / "record.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous["status"] != "failed" or not config.sweep.rerun_failed:
+    previous = kept(cell_dir / "record.json", config.sweep.rerun_failed)
+    if previous is not None:
+        return previous | {"reused": True}
+    with claims.claimed(cell_dir) as owner:
+        if owner is not None:
+            return {"status": "claimed", "owner": owner, "config_hash": key}
+        # another process may have finished it between the look above and the claim
+        previous = kept(cell_dir / "record.json", config.sweep.rerun_failed)
+        if previous is not None:
             return previous | {"reused": True}
-    record = run_metadata(node, "sweep") | {
-        "config_hash": key, "overrides": list(overrides or []), "cell": describe(config), "seed": config.train.seed}
+        return run_claimed(node, config, key, cell_dir, overrides)
+
+
+def kept(path: Path, rerun_failed: bool) -> dict | None:
+    """The cell's record when it stands (a failed one unless asked to run again); a damaged one is named and
+    counts as not run."""
+    try:
+        record, reason = read_record(path)
+    except FileNotFoundError:
+        return None
+    if reason is not None:
+        damaged_record(path, reason)
+        return None
+    return None if record["status"] == "failed" and rerun_failed else record
+
+
+def run_claimed(node: DictConfig, config: SweepConfig, key: str, cell_dir: Path,
+                overrides: list[str] | None) -> dict:
+    """Run the cell this process has claimed; its record replaces any earlier one atomically."""
+    started = time.perf_counter()
+    record = run_metadata(node, "sweep") | claims.this_process() | {
+        "schema": RECORD_SCHEMA, "config_hash": key, "overrides": list(overrides or []), "cell": describe(config),
+        "seed": config.train.seed}
     try:
         p = plan(dataclasses.replace(config, output_dir=str(cell_dir)))
         if config.match_budget:
@@ -70,7 +98,7 @@ def run_cell(node: DictConfig, overrides: list[str] | None = None) -> dict:
             record.update(status="failed", error=f"{type(exc).__name__}: {message(exc)}",
                           traceback=traceback.format_exc(), metrics={})
     record["seconds"] = time.perf_counter() - started
-    write_record(path, record)
+    write_record(cell_dir / "record.json", record)
     return record
 
 
@@ -186,6 +214,10 @@ def run_job(cfg) -> None:
     label = " ".join(o for o in overrides if not o.startswith(("hydra", "+grid")))
     print(f"[cell {job.num}] {label or '(defaults)'}", flush=True)
     record = run_cell(cfg, overrides)
+    if record["status"] == "claimed":
+        owner = record["owner"]
+        print(f"[cell {job.num}] run by pid {owner['pid']} on {owner['host']}; left to it", flush=True)
+        return
     m = record.get("metrics") or {}
     stages = [f"{m[k]:.3f}" for k in ("perplexity_before", "perplexity_after") if k in m]
     result = (f"perplexity {' -> '.join(stages)}"

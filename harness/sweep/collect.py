@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -48,11 +49,14 @@ def collect(sweep_dir: Path | str) -> pd.DataFrame:
     """Every record of a sweep folder -> results.parquet and results.csv beside them (written atomically)."""
     sweep_dir = Path(sweep_dir)
     records = read_records(sweep_dir)
+    if not records and any(sweep_dir.glob("cells/*/record.json")):
+        raise UserError(f"every record under {sweep_dir}/cells/ is damaged (listed above); the sweep's command run "
+                        "again runs those cells")
     if not records:
         raise UserError(f"no records under {sweep_dir}/cells/*/record.json; is {sweep_dir} a sweep's output_dir?")
     frame = tidy(records)
     write_atomic(sweep_dir / "results.csv", frame.to_csv(index=False))
-    tmp = sweep_dir / ".results.parquet.tmp"
+    tmp = sweep_dir / f".results.parquet.{os.getpid()}.tmp"  # its own name: two sweeps may collect at once
     frame.to_parquet(tmp, index=False)
     tmp.replace(sweep_dir / "results.parquet")
     return frame

@@ -19,7 +19,7 @@ TINY = ["model=tiny-llama", "model.max_positions=128", "train.steps=2", "train.s
 @pytest.fixture
 def no_model_loads(monkeypatch):
     """Any model load fails the test: the errors below must come from the configs and files alone."""
-    import harness.models.sources as sources
+    from harness.models import sources
 
     def tripwire(cfg):
         raise AssertionError(f"a model was loaded ({cfg.name}) before the user error was found")
