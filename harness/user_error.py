@@ -51,9 +51,9 @@ def message(exc: BaseException) -> str:
 
 
 def wrong_type(error: ValidationError, schema: type, key: str) -> str:
-    """`train.lr=abc: Value 'abc' of type 'str' could not be converted to Float; train.lr takes a float (default
-    0.0002)`: an override OmegaConf could not convert to its schema field's type, said as the field, the value, why
-    and what the field takes."""
+    """`train.lr=abc: Value 'abc' of type 'str' could not be converted to Float; train.lr takes a float, e.g.
+    train.lr=0.001`: an override OmegaConf could not convert to its schema field's type, said as the field, the
+    value, why and what the field takes (the example is the schema's default; a YAML may set another)."""
     full = getattr(error, "full_key", None) or key
     field = next((f for f in dataclasses.fields(schema) if f.name == key), None)
     reason = " ".join(str(getattr(error, "msg", error)).split("\n")[0].split()).rstrip(".")
@@ -61,9 +61,10 @@ def wrong_type(error: ValidationError, schema: type, key: str) -> str:
     if field is None:
         return text
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
-    default = field.default if field.default is not dataclasses.MISSING else (
-        field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
-    return text + f"; {full} takes {_a(kind)}" + (f" (default {default})" if default is not None else "")
+    example = field.default if isinstance(field.default, (bool, int, float, str)) else None
+    if isinstance(example, bool):
+        example = str(example).lower()  # as the command line writes it
+    return text + f"; {full} takes {_a(kind)}" + (f", e.g. {full}={example}" if example is not None else "")
 
 
 def _a(kind: str) -> str:
